@@ -1,0 +1,2 @@
+//! ztgate: an edge zero-trust segmentation gateway for factories.
+pub mod protocol;
