@@ -1,0 +1,178 @@
+//! The audit schema. Each variant is one event kind (`"event": "<snake_case name>"`); field
+//! names and meanings are stable and documented in `docs/audit.md`. Add fields, never rename.
+
+use crate::policy::DenyReason;
+use serde::Serialize;
+use std::net::SocketAddr;
+
+/// Which side a failure came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// The client (IT side).
+    Downstream,
+    /// The device (OT side).
+    Upstream,
+    /// The gateway itself (a limit, a timeout, a shutdown).
+    Local,
+}
+
+/// The Modbus request an event is about. Never the values written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ModbusSummary {
+    pub transaction_id: u16,
+    pub unit: u8,
+    pub function: u8,
+    /// snake_case name of a public function; absent for vendor and reserved codes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function_name: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantity: Option<u16>,
+    /// Function 23's write half.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_address: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_quantity: Option<u16>,
+}
+
+/// How a session ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CloseReason {
+    /// The client closed its connection.
+    ClientClosed,
+    IdleTimeout,
+    /// A frame's remaining bytes did not arrive within the frame timeout.
+    FrameTimeout,
+    /// The client's byte stream could not be framed.
+    FramingError {
+        detail: String,
+    },
+    /// `on_deny = "reset"` closed the session on a denial.
+    DeniedReset,
+    /// A policy reload took the identity's access to the service away.
+    AccessRevoked,
+    ClientError {
+        detail: String,
+    },
+    Shutdown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AuditEvent {
+    /// The gateway started serving with this configuration.
+    GatewayStarted {
+        version: &'static str,
+        config: String,
+        listeners: Vec<String>,
+        rules: usize,
+    },
+    GatewayStopping,
+    /// TLS handshake, SNI or certificate identity failed: no session.
+    TlsRejected {
+        peer: SocketAddr,
+        listener: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sni: Option<String>,
+        reason: String,
+    },
+    /// A verified identity was refused the service as a whole (no rule, or a session limit).
+    SessionDenied {
+        session: u64,
+        peer: SocketAddr,
+        identity: String,
+        roles: Vec<String>,
+        service: String,
+        reason: String,
+    },
+    SessionOpened {
+        session: u64,
+        peer: SocketAddr,
+        listener: String,
+        identity: String,
+        roles: Vec<String>,
+        service: String,
+        tls_version: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sni: Option<String>,
+        certificate_serial: String,
+    },
+    SessionClosed {
+        session: u64,
+        peer: SocketAddr,
+        identity: String,
+        service: String,
+        duration_ms: u64,
+        bytes_from_client: u64,
+        bytes_to_client: u64,
+        requests: u64,
+        allowed: u64,
+        denied: u64,
+        reason: CloseReason,
+    },
+    /// The policy denied a request; the client got `exception` (or a reset).
+    RequestDenied {
+        session: u64,
+        identity: String,
+        service: String,
+        request: ModbusSummary,
+        /// The rule that came closest, if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rule: Option<String>,
+        reason: DenyReason,
+        /// Exception code sent; absent when the connection was reset.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        exception: Option<u8>,
+    },
+    /// A well-framed request broke the protocol's limits: answered like a device would, never
+    /// forwarded.
+    ProtocolViolation {
+        session: u64,
+        identity: String,
+        service: String,
+        request: ModbusSummary,
+        violation: String,
+        exception: u8,
+    },
+    /// A write the policy allowed, forwarded to the device.
+    WriteAllowed {
+        session: u64,
+        identity: String,
+        service: String,
+        request: ModbusSummary,
+        rule: String,
+    },
+    /// The gateway answered for the device: 0x0A (no path) or 0x0B (no answer), or 0x06
+    /// (too many outstanding requests).
+    GatewayException {
+        session: u64,
+        identity: String,
+        service: String,
+        request: ModbusSummary,
+        exception: u8,
+        side: Side,
+        reason: String,
+    },
+    /// A response from the device that matched no pending request: dropped.
+    UnmatchedResponse {
+        session: u64,
+        service: String,
+        transaction_id: u16,
+        function: u8,
+    },
+    /// The device's byte stream could not be framed; the upstream connection was closed.
+    UpstreamError {
+        session: u64,
+        service: String,
+        upstream: String,
+        reason: String,
+    },
+    /// Events lost because the audit queue was full.
+    AuditGap {
+        dropped: u64,
+    },
+}

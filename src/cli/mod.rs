@@ -1,0 +1,219 @@
+//! The `ztgate` command line: `run`, `check`, `explain`, `demo`, `ca`.
+//!
+//! Exit codes: 0 success; 1 a runtime failure (or, for `explain`, a denial); 64 a bad
+//! configuration or bad arguments (before any port is bound).
+
+mod ca;
+pub mod explain;
+
+use crate::config::Config;
+use crate::gateway::Gateway;
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Exit code for configuration and usage errors (sysexits EX_USAGE).
+pub const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ztgate",
+    version,
+    about = "Zero-trust segmentation gateway for Modbus TCP between IT and OT"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the gateway.
+    Run {
+        #[arg(long, short, default_value = "/etc/ztgate/ztgate.toml")]
+        config: PathBuf,
+    },
+    /// Validate the configuration and policies (like `nginx -t`); non-zero exit on error.
+    Check {
+        #[arg(long, short, default_value = "/etc/ztgate/ztgate.toml")]
+        config: PathBuf,
+    },
+    /// Show the decision for one request and the rule that made it.
+    Explain {
+        #[arg(long, short, default_value = "/etc/ztgate/ztgate.toml")]
+        config: PathBuf,
+        /// The client's identity: its certificate's URI SAN, else its CN.
+        #[arg(long)]
+        identity: String,
+        /// A role the certificate asserts (Modbus/TCP Security role extension); repeatable.
+        #[arg(long = "certificate-role")]
+        certificate_roles: Vec<String>,
+        #[arg(long)]
+        service: String,
+        /// e.g. "write_single_register unit=1 address=105 value=2000"
+        #[arg(long)]
+        modbus: String,
+    },
+    /// Run the whole gateway on loopback with a throw-away PKI, a simulated PLC and a scripted HMI.
+    Demo,
+    /// Make certificates: a CA, the gateway's certificate, device and user certificates.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
+}
+
+fn load(config: &Path) -> Result<Config, ExitCode> {
+    Config::load(config).map_err(|errors| {
+        eprintln!("{errors}");
+        eprintln!("{}: {} error(s)", config.display(), errors.0.len());
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+pub fn main(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => run(&config),
+        Command::Explain {
+            config,
+            identity,
+            certificate_roles,
+            service,
+            modbus,
+        } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match explain::explain(&config, &identity, &certificate_roles, &service, &modbus) {
+                Ok((allowed, text)) => {
+                    print!("{text}");
+                    if allowed {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("explain: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
+        Command::Demo => {
+            let result = runtime()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(crate::demo::run()));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("demo failed: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Ca(command) => ca::main(command),
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    for w in &config.warnings {
+        eprintln!("warning: {w}");
+    }
+    // Like `nginx -t`: the files the gateway would load must load too. In a policy repository
+    // (CI, an engineer's laptop) the keys are not there: say so, and check the rest.
+    let tls = &config.tls;
+    let missing: Vec<String> = [&tls.client_ca, &tls.cert, &tls.key]
+        .into_iter()
+        .chain(&tls.crls)
+        .filter(|p| !p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
+    if missing.is_empty() {
+        if let Err(e) = crate::tls::ServerMaterial::load(tls) {
+            eprintln!("{}: tls: {e}", path.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    } else {
+        eprintln!(
+            "warning: TLS files not found, not checked: {} (run `ztgate check` on the gateway to check them)",
+            missing.join(", ")
+        );
+    }
+    println!(
+        "{}: ok ({} listener(s), {} service(s), {} role(s), {} rule(s), {} warning(s))",
+        path.display(),
+        config.listeners.len(),
+        config.services.len(),
+        config.policy.roles.len(),
+        config.policy.rules.len(),
+        config.warnings.len()
+    );
+    ExitCode::SUCCESS
+}
+
+fn run(path: &Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        let gateway = match Gateway::start(config).await {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("ztgate: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        let result = serve_until_signal(&gateway, path).await;
+        gateway.shutdown().await;
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ztgate: {e}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+/// Serves until SIGINT/SIGTERM; SIGHUP reloads the policy (a bad policy keeps the old one).
+async fn serve_until_signal(gateway: &Gateway, path: &Path) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => match Config::load(path) {
+                Ok(config) => {
+                    let rules = config.policy.rules.len();
+                    gateway.reload_policy(crate::policy::Policy::compile(config.policy));
+                    tracing::info!(rules, "policy reloaded (listeners and services need a restart)");
+                }
+                Err(errors) => tracing::error!(%errors, "reload refused: keeping the running policy"),
+            },
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! The files as written: serde types, unknown fields rejected, names spanned for errors.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use toml::Spanned;
+
+/// `ztgate.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub gateway: RawGateway,
+    pub tls: RawTls,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<RawListener>,
+    #[serde(default, rename = "service")]
+    pub services: Vec<RawService>,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub audit: RawAudit,
+    #[serde(default)]
+    pub policy: RawPolicyDir,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGateway {
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// CA bundle that client certificates must chain to.
+    pub client_ca: Spanned<String>,
+    /// The gateway's certificate chain and key.
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+    #[serde(default)]
+    pub crls: Vec<Spanned<String>>,
+    pub handshake_timeout: Option<Spanned<String>>,
+    /// Trust the Modbus/TCP Security role extension in client certificates from this CA.
+    #[serde(default)]
+    pub certificate_roles: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: Spanned<String>,
+    pub bind: Spanned<String>,
+    pub tls_versions: Option<Spanned<Vec<String>>>,
+    pub default_service: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub name: Spanned<String>,
+    pub protocol: Spanned<String>,
+    pub upstream: Spanned<String>,
+    /// SNI names that select this service; defaults to the service name.
+    pub server_names: Option<Vec<Spanned<String>>>,
+    /// Unit ids the upstream serves; requests for other units get 0x0A.
+    pub units: Option<Vec<Spanned<RangeSpec>>>,
+    /// Requests in flight per upstream connection (1 = one at a time, the default).
+    pub upstream_in_flight: Option<Spanned<i64>>,
+    pub max_outstanding: Option<Spanned<i64>>,
+    pub max_upstream_connections: Option<Spanned<i64>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub response_timeout: Option<Spanned<String>>,
+    /// How a policy denial is answered: `illegal_function` (default, Modbus/TCP Security
+    /// R-31), `illegal_data_address` (for address and value denials) or `reset`.
+    pub on_deny: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_sessions: Option<Spanned<i64>>,
+    pub max_sessions_per_identity: Option<Spanned<i64>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub frame_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub stdout: bool,
+    pub queue: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicyDir {
+    pub dir: Option<Spanned<String>>,
+}
+
+/// One file of the policy directory.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicyFile {
+    /// role name → description.
+    #[serde(default)]
+    pub roles: BTreeMap<Spanned<String>, String>,
+    #[serde(default, rename = "identity")]
+    pub identities: Vec<RawIdentity>,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    /// An exact identity (`spiffe://plant1/hmi/hmi-01`, or a CN) or a prefix ending in `*`.
+    #[serde(rename = "match")]
+    pub pattern: Spanned<String>,
+    pub roles: Vec<Spanned<String>>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub id: Spanned<String>,
+    pub description: Option<String>,
+    pub roles: Vec<Spanned<String>>,
+    pub services: Vec<Spanned<String>>,
+    pub modbus: Option<RawModbusRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModbusRule {
+    /// Function names (`read_coils`), numbers (`90`) or presets (`read_only`).
+    pub functions: Vec<Spanned<FunctionSpec>>,
+    pub units: Option<Vec<Spanned<RangeSpec>>>,
+    pub addresses: Option<Vec<Spanned<RangeSpec>>>,
+    /// Function 23's read half; defaults to `addresses`.
+    pub read_addresses: Option<Vec<Spanned<RangeSpec>>>,
+    /// Function 23's write half; defaults to `addresses`.
+    pub write_addresses: Option<Vec<Spanned<RangeSpec>>>,
+    /// Bounds on every register value written.
+    pub values: Option<Spanned<RawValueBounds>>,
+    /// Coil states a write may set: `["on"]`, `["off"]` or both (the default).
+    pub coil_values: Option<Spanned<Vec<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawValueBounds {
+    pub min: i64,
+    pub max: i64,
+}
+
+/// `5` or `"100-119"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RangeSpec {
+    One(i64),
+    Text(String),
+}
+
+/// `"read_coils"`, `"read_only"` or `90`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum FunctionSpec {
+    Code(i64),
+    Name(String),
+}

@@ -1,0 +1,141 @@
+//! Who is on the other end: a verified client certificate → [`Identity`].
+//!
+//! rustls has already verified the chain, validity and key usage when this runs; here we only
+//! read names out of the end-entity certificate. The identity is the first URI SAN (SPIFFE-style
+//! `spiffe://plant1/hmi/hmi-01`) if the certificate has one, else the subject CN. A certificate
+//! with neither has no identity and is refused.
+
+use std::fmt;
+use x509_parser::prelude::*;
+
+/// Modbus/TCP Security role extension (Modbus/TCP Security Protocol Specification §R-21): one
+/// ASN.1 UTF8String naming the role.
+pub const MODBUS_ROLE_OID: &str = "1.3.6.1.4.1.50316.802.1";
+
+/// A verified peer.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// URI SAN, else subject CN.
+    pub id: String,
+    /// The Modbus/TCP Security role extension, if present (used only where the config trusts
+    /// the CA to assert roles).
+    pub certificate_role: Option<String>,
+    /// Certificate serial, hex, for audit.
+    pub serial: String,
+    /// Unix time the certificate expires.
+    pub not_after: i64,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("id", &self.id)
+            .field("serial", &self.serial)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    #[error("client certificate does not parse: {0}")]
+    Parse(String),
+    #[error("client certificate has neither a URI SAN nor a subject CN")]
+    NoName,
+    #[error("client certificate name is not printable UTF-8 or longer than 1024 bytes")]
+    BadName,
+    #[error("Modbus role extension is not one UTF8String")]
+    BadRole,
+}
+
+/// Longest identity we accept; certificates are from our CA, but audit lines stay bounded.
+const MAX_ID_LEN: usize = 1024;
+
+impl Identity {
+    /// Reads the identity from a DER end-entity certificate that rustls has verified.
+    pub fn from_certificate(der: &[u8]) -> Result<Identity, IdentityError> {
+        let (_, cert) =
+            X509Certificate::from_der(der).map_err(|e| IdentityError::Parse(e.to_string()))?;
+        let mut uri = None;
+        let mut role = None;
+        for ext in cert.extensions() {
+            match ext.parsed_extension() {
+                ParsedExtension::SubjectAlternativeName(san) if uri.is_none() => {
+                    uri = san.general_names.iter().find_map(|n| match n {
+                        GeneralName::URI(u) => Some(u.to_string()),
+                        _ => None,
+                    });
+                }
+                _ if ext.oid.to_id_string() == MODBUS_ROLE_OID => {
+                    role = Some(parse_utf8_string(ext.value).ok_or(IdentityError::BadRole)?);
+                }
+                _ => {}
+            }
+        }
+        let id = match uri {
+            Some(u) => u,
+            None => cert
+                .subject()
+                .iter_common_name()
+                .next()
+                .and_then(|cn| cn.as_str().ok())
+                .map(str::to_string)
+                .ok_or(IdentityError::NoName)?,
+        };
+        if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(char::is_control) {
+            return Err(IdentityError::BadName);
+        }
+        if let Some(r) = &role
+            && (r.len() > MAX_ID_LEN || r.chars().any(char::is_control))
+        {
+            return Err(IdentityError::BadRole);
+        }
+        Ok(Identity {
+            id,
+            certificate_role: role,
+            serial: cert.raw_serial_as_string().replace(':', ""),
+            not_after: cert.validity().not_after.timestamp(),
+        })
+    }
+}
+
+/// DER UTF8String (tag 12, definite length) → its text, the whole input and nothing more.
+fn parse_utf8_string(der: &[u8]) -> Option<String> {
+    let (tag, rest) = der.split_first()?;
+    if *tag != 0x0C {
+        return None;
+    }
+    let (first, rest) = rest.split_first()?;
+    let (len, body) = match *first {
+        n @ 0..=0x7F => (usize::from(n), rest),
+        0x81 => {
+            let (n, rest) = rest.split_first()?;
+            (usize::from(*n), rest)
+        }
+        0x82 => match rest {
+            [a, b, rest @ ..] => (usize::from(u16::from_be_bytes([*a, *b])), rest),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    if body.len() != len {
+        return None;
+    }
+    String::from_utf8(body.to_vec()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_string_is_exact() {
+        assert_eq!(parse_utf8_string(&[0x0C, 2, b'o', b'p']), Some("op".into()));
+        assert_eq!(parse_utf8_string(&[0x0C, 3, b'o', b'p']), None);
+        assert_eq!(parse_utf8_string(&[0x0C, 1, b'o', b'p']), None);
+        assert_eq!(parse_utf8_string(&[0x13, 2, b'o', b'p']), None);
+        let mut long = vec![0x0C, 0x81, 200];
+        long.extend(std::iter::repeat_n(b'a', 200));
+        assert_eq!(parse_utf8_string(&long).map(|s| s.len()), Some(200));
+    }
+}
