@@ -67,7 +67,11 @@ impl Identity {
                     });
                 }
                 _ if ext.oid.to_id_string() == MODBUS_ROLE_OID => {
-                    role = Some(parse_utf8_string(ext.value).ok_or(IdentityError::BadRole)?);
+                    role = Some(
+                        decode_utf8_string_der(ext.value)
+                            .ok_or(IdentityError::BadRole)?
+                            .to_string(),
+                    );
                 }
                 _ => {}
             }
@@ -99,43 +103,86 @@ impl Identity {
     }
 }
 
-/// DER UTF8String (tag 12, definite length) → its text, the whole input and nothing more.
-fn parse_utf8_string(der: &[u8]) -> Option<String> {
-    let (tag, rest) = der.split_first()?;
-    if *tag != 0x0C {
+/// Strict DER `UTF8String` decoder (the inverse of `pki::encode_utf8_string_der`): exactly one DER `UTF8String` with a minimal
+/// definite length, valid UTF-8 and no trailing bytes; `None` otherwise.
+pub fn decode_utf8_string_der(der: &[u8]) -> Option<&str> {
+    let (&tag, rest) = der.split_first()?;
+    if tag != 0x0C {
         return None;
     }
-    let (first, rest) = rest.split_first()?;
-    let (len, body) = match *first {
-        n @ 0..=0x7F => (usize::from(n), rest),
-        0x81 => {
-            let (n, rest) = rest.split_first()?;
-            (usize::from(*n), rest)
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        // 0x80 (indefinite) is not DER; more octets than a usize holds cannot be real.
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > size_of::<usize>() || rest.len() < n {
+            return None;
         }
-        0x82 => match rest {
-            [a, b, rest @ ..] => (usize::from(u16::from_be_bytes([*a, *b])), rest),
-            _ => return None,
-        },
-        _ => return None,
+        let (len_octets, rest) = rest.split_at(n);
+        if len_octets.first() == Some(&0) {
+            return None; // non-minimal
+        }
+        let len = len_octets
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+        if len < 0x80 {
+            return None; // should have used the short form
+        }
+        (len, rest)
     };
-    if body.len() != len {
+    if rest.len() != len {
         return None;
     }
-    String::from_utf8(body.to_vec()).ok()
+    std::str::from_utf8(rest).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pki::{Ca, CertSpec};
+
+    #[test]
+    fn the_uri_san_wins_over_the_cn() {
+        let ca = Ca::generate("t", 1).expect("ca");
+        let cert = ca
+            .issue_client(&CertSpec::new("hmi-01", 1).with_uri("spiffe://plant1/line1/hmi/hmi-01"))
+            .expect("cert");
+        let id = Identity::from_certificate(&cert.cert_der).expect("identity");
+        assert_eq!(id.id, "spiffe://plant1/line1/hmi/hmi-01");
+        assert_eq!(id.certificate_role, None);
+        assert!(!id.serial.is_empty() && !id.serial.contains(':'));
+    }
+
+    #[test]
+    fn the_cn_is_the_identity_without_a_uri_and_the_role_extension_is_read() {
+        let ca = Ca::generate("t", 1).expect("ca");
+        let cert = ca
+            .issue_client(&CertSpec::new("historian-01", 1).with_role("historian"))
+            .expect("cert");
+        let id = Identity::from_certificate(&cert.cert_der).expect("identity");
+        assert_eq!(id.id, "historian-01");
+        assert_eq!(id.certificate_role.as_deref(), Some("historian"));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(Identity::from_certificate(&[]).is_err());
+        assert!(Identity::from_certificate(&[0x30, 0x82, 0xFF]).is_err());
+    }
 
     #[test]
     fn utf8_string_is_exact() {
-        assert_eq!(parse_utf8_string(&[0x0C, 2, b'o', b'p']), Some("op".into()));
-        assert_eq!(parse_utf8_string(&[0x0C, 3, b'o', b'p']), None);
-        assert_eq!(parse_utf8_string(&[0x0C, 1, b'o', b'p']), None);
-        assert_eq!(parse_utf8_string(&[0x13, 2, b'o', b'p']), None);
+        assert_eq!(decode_utf8_string_der(&[0x0C, 2, b'o', b'p']), Some("op"));
+        assert_eq!(decode_utf8_string_der(&[0x0C, 3, b'o', b'p']), None);
+        assert_eq!(decode_utf8_string_der(&[0x0C, 1, b'o', b'p']), None);
+        assert_eq!(decode_utf8_string_der(&[0x13, 2, b'o', b'p']), None);
         let mut long = vec![0x0C, 0x81, 200];
         long.extend(std::iter::repeat_n(b'a', 200));
-        assert_eq!(parse_utf8_string(&long).map(|s| s.len()), Some(200));
+        assert_eq!(decode_utf8_string_der(&long).map(str::len), Some(200));
+        assert_eq!(
+            decode_utf8_string_der(&[0x0C, 0x81, 5, b'a', b'b', b'c', b'd', b'e']),
+            None
+        );
     }
 }

@@ -661,3 +661,132 @@ async fn per_identity_session_limit_refuses_the_extra_session() {
         vec![0]
     );
 }
+
+#[tokio::test]
+async fn a_client_that_never_completes_the_handshake_is_dropped_after_the_timeout() {
+    let plc = plc().await;
+    let opts = Options {
+        handshake_timeout: "300ms".into(),
+        ..Options::default()
+    };
+    let env = Env::start(plc.addr, opts).await;
+    use tokio::io::AsyncReadExt;
+    let mut idle = tokio::net::TcpStream::connect(env.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    // The gateway closes the socket: read returns EOF (or a reset), well before 10 s.
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), idle.read(&mut buf))
+        .await
+        .expect("closed by the handshake timeout");
+    assert!(matches!(read, Ok(0) | Err(_)));
+    let e = env.wait_event("tls_rejected", |_| true).await;
+    assert_eq!(e["reason"], "TLS handshake timed out");
+}
+
+#[tokio::test]
+async fn max_sessions_refuses_connections_beyond_the_limit() {
+    let plc = plc().await;
+    let opts = Options {
+        limits: "max_sessions = 2".into(),
+        ..Options::default()
+    };
+    let env = Env::start(plc.addr, opts).await;
+    let mut a = env.connect(HMI).await;
+    let mut b = env.connect(HISTORIAN).await;
+    assert_eq!(
+        registers(&a.request(1, &[3, 0, 0, 0, 1]).await.unwrap()),
+        vec![0]
+    );
+    assert_eq!(
+        registers(&b.request(1, &[3, 0, 0, 0, 1]).await.unwrap()),
+        vec![0]
+    );
+    let third = env.try_connect(ENGINEER).await;
+    let refused = match third {
+        Err(_) => true,
+        Ok(mut c) => c.request(1, &[3, 0, 0, 0, 1]).await.is_err(),
+    };
+    assert!(
+        refused,
+        "a third session must be refused at max_sessions = 2"
+    );
+    let e = env.wait_event("tls_rejected", |_| true).await;
+    assert!(e["reason"].as_str().unwrap().contains("max_sessions (2)"));
+    // A slot frees when a session ends.
+    drop(a);
+    env.wait_event("session_closed", |_| true).await;
+    let mut c = env.connect(ENGINEER).await;
+    assert_eq!(
+        registers(&c.request(1, &[3, 0, 0, 0, 1]).await.unwrap()),
+        vec![0]
+    );
+}
+
+#[tokio::test]
+async fn an_idle_session_is_closed_after_the_idle_timeout() {
+    let plc = plc().await;
+    let opts = Options {
+        limits: "idle_timeout = \"300ms\"".into(),
+        ..Options::default()
+    };
+    let env = Env::start(plc.addr, opts).await;
+    let mut c = env.connect(HMI).await;
+    assert_eq!(
+        registers(&c.request(1, &[3, 0, 0, 0, 1]).await.unwrap()),
+        vec![0]
+    );
+    assert!(matches!(c.read_frame().await, Ok(None) | Err(_)));
+    let closed = env.wait_event("session_closed", |_| true).await;
+    assert_eq!(closed["reason"]["kind"], "idle_timeout");
+    assert_eq!(closed["requests"], 1);
+    assert_eq!(closed["allowed"], 1);
+}
+
+/// A misbehaving device: answers every request twice, the second time with a transaction id
+/// nobody asked for.
+async fn echoing_device() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let Ok((mut s, _)) = listener.accept().await else {
+            return;
+        };
+        let mut buf = [0u8; 12];
+        while s.read_exact(&mut buf).await.is_ok() {
+            // FC3 quantity 1 → value 0x1234, then the same with transaction id + 1000.
+            let tid = u16::from_be_bytes([buf[0], buf[1]]);
+            let mut out = adu(tid, buf[6], &[3, 2, 0x12, 0x34]);
+            out.extend(adu(tid.wrapping_add(1000), buf[6], &[3, 2, 0x56, 0x78]));
+            if s.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn a_response_that_matches_no_request_is_dropped_and_audited() {
+    let (device, task) = echoing_device().await;
+    let env = Env::start(device, Options::default()).await;
+    let mut c = env.connect(HMI).await;
+    for _ in 0..3 {
+        let tid = c.next_transaction();
+        c.send(&adu(tid, 1, &[3, 0, 0, 0, 1])).await.unwrap();
+        let f = c.read_frame().await.unwrap().unwrap();
+        assert_eq!(
+            u16::from_be_bytes([f[0], f[1]]),
+            tid,
+            "only the matching response reaches the client"
+        );
+        assert_eq!(&f[7..], &[3, 2, 0x12, 0x34]);
+    }
+    env.wait_until(|all| {
+        all.iter()
+            .filter(|e| e["event"] == "unmatched_response")
+            .count()
+            == 3
+    })
+    .await;
+    task.abort();
+}

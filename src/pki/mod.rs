@@ -417,39 +417,8 @@ pub fn encode_utf8_string_der(s: &str) -> Vec<u8> {
     out
 }
 
-/// Strict inverse of [`encode_utf8_string_der`]: exactly one DER `UTF8String` with a minimal
-/// definite length, valid UTF-8 and no trailing bytes; `None` otherwise.
-pub fn decode_utf8_string_der(der: &[u8]) -> Option<&str> {
-    let (&tag, rest) = der.split_first()?;
-    if tag != TAG_UTF8_STRING {
-        return None;
-    }
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        // 0x80 (indefinite) is not DER; more octets than a usize holds cannot be real.
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > size_of::<usize>() || rest.len() < n {
-            return None;
-        }
-        let (len_octets, rest) = rest.split_at(n);
-        if len_octets.first() == Some(&0) {
-            return None; // non-minimal
-        }
-        let len = len_octets
-            .iter()
-            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
-        if len < 0x80 {
-            return None; // should have used the short form
-        }
-        (len, rest)
-    };
-    if rest.len() != len {
-        return None;
-    }
-    std::str::from_utf8(rest).ok()
-}
+/// The gateway side reads the extension with the strict decoder in `identity`.
+pub use crate::identity::decode_utf8_string_der;
 
 /// Writes `<name>.pem` (mode 0644) and `<name>.key` (mode 0600 on unix) into `dir` and
 /// returns their paths.

@@ -82,6 +82,8 @@ pub struct Options {
     pub listener: String,
     /// Extra lines for `[limits]`.
     pub limits: String,
+    /// `handshake_timeout` of `[tls]`.
+    pub handshake_timeout: String,
     /// Policy files; the shipped `policies/` when empty.
     pub policies: Vec<(String, String)>,
 }
@@ -92,6 +94,7 @@ impl Default for Options {
             service: String::new(),
             listener: "default_service = \"plc-line1\"".to_string(),
             limits: String::new(),
+            handshake_timeout: "5s".to_string(),
             policies: Vec::new(),
         }
     }
@@ -126,7 +129,7 @@ name = "test-gw"
 client_ca = "{dir}/ca.pem"
 cert = "{dir}/gateway.pem"
 key = "{dir}/gateway.key"
-handshake_timeout = "5s"
+handshake_timeout = "{handshake_timeout}"
 [[listener]]
 name = "modbus"
 bind = "127.0.0.1:0"
@@ -145,6 +148,7 @@ file = "{dir}/audit.jsonl"
         listener = opts.listener,
         service = opts.service,
         limits = opts.limits,
+        handshake_timeout = opts.handshake_timeout,
     )
 }
 
