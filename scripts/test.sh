@@ -38,6 +38,11 @@ if ((quick == 0)); then
   cargo fmt --all -- --check
   cargo clippy --all-targets --locked -- -D warnings
 fi
-cargo test --all-targets --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 # Doc tests are not part of --all-targets.
-cargo test --doc --locked
+cargo test --doc --locked 2>&1 | tee "$log"
+cargo test --all-targets --locked 2>&1 | tee -a "$log"
+# One closing line for the whole suite (every "test result:" line added up).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -30,6 +30,7 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     server_names: HashMap<String, ServiceId>,
     sessions: AtomicUsize,
+    handshakes: AtomicUsize,
     per_identity: Mutex<HashMap<String, usize>>,
     next_session: AtomicU64,
 }
@@ -43,8 +44,18 @@ impl Shared {
         self.next_session.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Counts a connection in; false when the gateway is at `max_sessions` (the caller must
-    /// still call [`Shared::sessions_end`]).
+    /// Counts a handshake in; false when `max_handshakes` are in progress (the caller must
+    /// still call [`Shared::handshakes_end`]).
+    pub fn handshakes_begin(&self) -> bool {
+        self.handshakes.fetch_add(1, Ordering::AcqRel) < self.config.limits.max_handshakes
+    }
+
+    pub fn handshakes_end(&self) {
+        self.handshakes.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Counts a verified session in; false when the gateway is at `max_sessions` (the caller
+    /// must still call [`Shared::sessions_end`]).
     pub fn sessions_begin(&self) -> bool {
         self.sessions.fetch_add(1, Ordering::AcqRel) < self.config.limits.max_sessions
     }
@@ -82,9 +93,9 @@ impl Shared {
         }
     }
 
-    /// Sessions open (including handshakes in progress).
+    /// Verified sessions open plus handshakes in progress.
     pub fn active_sessions(&self) -> usize {
-        self.sessions.load(Ordering::Acquire)
+        self.sessions.load(Ordering::Acquire) + self.handshakes.load(Ordering::Acquire)
     }
 }
 
@@ -180,6 +191,7 @@ impl Gateway {
             shutdown: shutdown_rx.clone(),
             server_names,
             sessions: AtomicUsize::new(0),
+            handshakes: AtomicUsize::new(0),
             per_identity: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(0),
         });

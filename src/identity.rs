@@ -44,8 +44,8 @@ pub enum IdentityError {
     NoName,
     #[error("client certificate name is not printable UTF-8 or longer than 1024 bytes")]
     BadName,
-    #[error("Modbus role extension is not one UTF8String")]
-    BadRole,
+    #[error("client certificate CN looks like a URI; URI identities must be URI SANs")]
+    CnLooksLikeUri,
 }
 
 /// Longest identity we accept; certificates are from our CA, but audit lines stay bounded.
@@ -66,33 +66,40 @@ impl Identity {
                         _ => None,
                     });
                 }
+                // A malformed role extension gives no role (the config may not even trust
+                // certificate roles); it does not make a valid certificate unusable.
                 _ if ext.oid.to_id_string() == MODBUS_ROLE_OID => {
-                    role = Some(
-                        decode_utf8_string_der(ext.value)
-                            .ok_or(IdentityError::BadRole)?
-                            .to_string(),
-                    );
+                    role = decode_utf8_string_der(ext.value)
+                        .filter(|r| {
+                            !r.is_empty()
+                                && r.len() <= MAX_ID_LEN
+                                && !r.chars().any(char::is_control)
+                        })
+                        .map(str::to_string);
                 }
                 _ => {}
             }
         }
         let id = match uri {
             Some(u) => u,
-            None => cert
-                .subject()
-                .iter_common_name()
-                .next()
-                .and_then(|cn| cn.as_str().ok())
-                .map(str::to_string)
-                .ok_or(IdentityError::NoName)?,
+            None => {
+                let cn = cert
+                    .subject()
+                    .iter_common_name()
+                    .next()
+                    .and_then(|cn| cn.as_str().ok())
+                    .map(str::to_string)
+                    .ok_or(IdentityError::NoName)?;
+                // URI identities come from URI SANs only: a CN that looks like one would
+                // match `spiffe://…` patterns meant for SAN identities.
+                if cn.contains("://") {
+                    return Err(IdentityError::CnLooksLikeUri);
+                }
+                cn
+            }
         };
         if id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(char::is_control) {
             return Err(IdentityError::BadName);
-        }
-        if let Some(r) = &role
-            && (r.len() > MAX_ID_LEN || r.chars().any(char::is_control))
-        {
-            return Err(IdentityError::BadRole);
         }
         Ok(Identity {
             id,
@@ -163,6 +170,18 @@ mod tests {
         let id = Identity::from_certificate(&cert.cert_der).expect("identity");
         assert_eq!(id.id, "historian-01");
         assert_eq!(id.certificate_role.as_deref(), Some("historian"));
+    }
+
+    #[test]
+    fn a_cn_that_looks_like_a_uri_is_refused() {
+        let ca = Ca::generate("t", 1).expect("ca");
+        let cert = ca
+            .issue_client(&CertSpec::new("spiffe://plant1/eng/x", 1))
+            .expect("cert");
+        assert_eq!(
+            Identity::from_certificate(&cert.cert_der),
+            Err(IdentityError::CnLooksLikeUri)
+        );
     }
 
     #[test]

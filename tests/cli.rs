@@ -33,7 +33,7 @@ fn check_passes_on_the_shipped_example() {
     );
     let stdout = text(&out.stdout);
     assert!(
-        stdout.contains("ok (1 listener(s), 1 service(s), 3 role(s), 4 rule(s), 0 warning(s))"),
+        stdout.contains("ok (1 listener(s), 1 service(s), 3 role(s), 5 rule(s), 0 warning(s))"),
         "{stdout}"
     );
 }

@@ -377,7 +377,9 @@ fn check_invariants(bytes: &[u8]) {
                 let code = violation.exception();
                 assert!(matches!(
                     code,
-                    ExceptionCode::IllegalDataAddress | ExceptionCode::IllegalDataValue
+                    ExceptionCode::IllegalFunction
+                        | ExceptionCode::IllegalDataAddress
+                        | ExceptionCode::IllegalDataValue
                 ));
                 let refusal = exception_response(&header, function, code);
                 assert!(decode_response(&refusal).is_ok());
@@ -785,6 +787,6 @@ proptest! {
         if let Model::MaskWrite { address, and_mask, or_mask } = model {
             prop_assert_eq!(req.written, Written::Mask { address, and_mask, or_mask });
         }
-        prop_assert_eq!(req.is_broadcast_write(), unit == 0 && function >= 5);
+        prop_assert_eq!(req.is_broadcast(), unit == 0 && function >= 5);
     }
 }

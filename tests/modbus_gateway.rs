@@ -580,7 +580,7 @@ async fn broadcast_writes_are_not_forwarded_unless_a_rule_names_unit_0() {
     assert_eq!(exception(&r), Some(0x01));
     assert_eq!(plc.requests(), 0);
     let d = env.wait_event("request_denied", |_| true).await;
-    assert_eq!(d["reason"]["kind"], "broadcast_write");
+    assert_eq!(d["reason"]["kind"], "broadcast");
 }
 
 #[tokio::test]
@@ -709,7 +709,8 @@ async fn max_sessions_refuses_connections_beyond_the_limit() {
         refused,
         "a third session must be refused at max_sessions = 2"
     );
-    let e = env.wait_event("tls_rejected", |_| true).await;
+    let e = env.wait_event("session_denied", |_| true).await;
+    assert_eq!(e["identity"], ENGINEER);
     assert!(e["reason"].as_str().unwrap().contains("max_sessions (2)"));
     // A slot frees when a session ends.
     drop(a);
@@ -748,25 +749,26 @@ async fn echoing_device() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>)
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
-        let Ok((mut s, _)) = listener.accept().await else {
-            return;
-        };
-        let mut buf = [0u8; 12];
-        while s.read_exact(&mut buf).await.is_ok() {
-            // FC3 quantity 1 → value 0x1234, then the same with transaction id + 1000.
-            let tid = u16::from_be_bytes([buf[0], buf[1]]);
-            let mut out = adu(tid, buf[6], &[3, 2, 0x12, 0x34]);
-            out.extend(adu(tid.wrapping_add(1000), buf[6], &[3, 2, 0x56, 0x78]));
-            if s.write_all(&out).await.is_err() {
-                return;
-            }
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 12];
+                while s.read_exact(&mut buf).await.is_ok() {
+                    // FC3 quantity 1 → 0x1234, then the same with transaction id + 1000.
+                    let tid = u16::from_be_bytes([buf[0], buf[1]]);
+                    let mut out = adu(tid, buf[6], &[3, 2, 0x12, 0x34]);
+                    out.extend(adu(tid.wrapping_add(1000), buf[6], &[3, 2, 0x56, 0x78]));
+                    if s.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+            });
         }
     });
     (addr, task)
 }
 
 #[tokio::test]
-async fn a_response_that_matches_no_request_is_dropped_and_audited() {
+async fn a_response_that_matches_no_request_is_dropped_audited_and_resets_the_upstream() {
     let (device, task) = echoing_device().await;
     let env = Env::start(device, Options::default()).await;
     let mut c = env.connect(HMI).await;
@@ -789,4 +791,291 @@ async fn a_response_that_matches_no_request_is_dropped_and_audited() {
     })
     .await;
     task.abort();
+}
+
+#[tokio::test]
+async fn a_modbus_tcp_security_client_gets_tls12_with_ecdhe_ecdsa_aes128_gcm_sha256() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let plc = plc().await;
+    let env = Env::start(plc.addr, Options::default()).await;
+    let cert = env.pki.client("c", Some(HMI));
+    // The one suite the Modbus/TCP Security spec requires for ECDSA keys, and only TLS 1.2.
+    let suite = rustls::crypto::ring::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256;
+    let provider = rustls::crypto::CryptoProvider {
+        cipher_suites: vec![suite],
+        ..rustls::crypto::ring::default_provider()
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(env.pki.ca.cert_pem().as_bytes()).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(cert.key_pem.expose().as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(env.addr).await.unwrap();
+    let name = ServerName::IpAddress(env.addr.ip().into());
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("handshake with the Modbus/TCP Security suite");
+    assert_eq!(tls.get_ref().1.negotiated_cipher_suite(), Some(suite));
+    let mut c = ztgate::demo::client::ModbusClient::new(tls);
+    assert_eq!(
+        registers(&c.request(1, &[3, 0, 4, 0, 1]).await.unwrap()),
+        vec![4]
+    );
+}
+
+/// A device that answers each request twice: the right answer, then the same bytes again a
+/// little later (a retrying serial gateway). The copy must never answer a later request.
+async fn duplicating_device() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut rx, tx) = s.into_split();
+                let tx = std::sync::Arc::new(tokio::sync::Mutex::new(tx));
+                let mut buf = [0u8; 12];
+                while rx.read_exact(&mut buf).await.is_ok() {
+                    // FC3 quantity 1 → the address as the value.
+                    let tid = u16::from_be_bytes([buf[0], buf[1]]);
+                    let answer = adu(tid, buf[6], &[3, 2, buf[8], buf[9]]);
+                    if tx.lock().await.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                    let tx = tx.clone();
+                    // The duplicate goes out once the next request is in (or after 200 ms).
+                    tokio::spawn(async move {
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        let _ = tx.lock().await.write_all(&answer).await;
+                    });
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn a_stale_duplicate_response_is_never_handed_to_a_later_request() {
+    let (device, task) = duplicating_device().await;
+    let opts = Options {
+        service: "response_timeout = \"2s\"".into(),
+        ..Options::default()
+    };
+    let env = Env::start(device, opts).await;
+    let mut c = env.connect(HMI).await;
+    // Same transaction id every time, as simple clients do; different addresses.
+    for address in [10u8, 20, 30] {
+        c.send(&adu(0, 1, &[3, 0, address, 0, 1])).await.unwrap();
+        let f = c.read_frame().await.unwrap().unwrap();
+        let pdu = &f[7..];
+        // Either the right value, or 0x0B if the duplicate reset the connection first —
+        // never another request's value.
+        assert!(
+            pdu == [3, 2, 0, address] || pdu == [0x83, 0x0B],
+            "address {address}: got {pdu:?}"
+        );
+        // Let the duplicate arrive while nothing is in flight.
+        env.wait_until(|all| {
+            all.iter()
+                .filter(|e| e["event"] == "unmatched_response")
+                .count()
+                >= usize::from(address / 10)
+        })
+        .await;
+    }
+    task.abort();
+}
+
+#[tokio::test]
+async fn an_idle_upstream_connection_is_released_and_reopened_on_demand() {
+    let plc = plc().await;
+    let opts = Options {
+        service: "max_upstream_connections = 1\nupstream_idle_timeout = \"200ms\"".into(),
+        ..Options::default()
+    };
+    let env = Env::start(plc.addr, opts).await;
+    let mut a = env.connect(HMI).await;
+    assert_eq!(
+        registers(&a.request(1, &[3, 0, 0, 0, 1]).await.unwrap()),
+        vec![0]
+    );
+    // The only upstream slot is free again once a's connection has idled out, while a stays.
+    let mut b = env.connect(HISTORIAN).await;
+    let mut served = false;
+    for _ in 0..50 {
+        let r = b.request(1, &[3, 0, 1, 0, 1]).await.unwrap();
+        if exception(&r).is_none() {
+            assert_eq!(registers(&r), vec![1]);
+            served = true;
+            break;
+        }
+        assert_eq!(exception(&r), Some(0x0A));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(served, "the idle upstream connection was never released");
+    // b now holds the slot; a is refused until b's connection idles out, then served again.
+    let mut a_served = false;
+    for _ in 0..50 {
+        let r = a.request(1, &[3, 0, 2, 0, 1]).await.unwrap();
+        if exception(&r).is_none() {
+            a_served = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(a_served);
+}
+
+#[tokio::test]
+async fn an_allowed_unit_0_write_is_forwarded_and_a_silent_broadcast_keeps_the_connection() {
+    // A TCP device answers unit 0 like any unit: the answer is relayed.
+    let plc = plc().await;
+    let policy = "[roles]\nr = \"\"\n[[identity]]\nmatch = \"u\"\nroles = [\"r\"]\n[[rule]]\nid = \"bcast\"\nroles = [\"r\"]\nservices = [\"plc-line1\"]\nmodbus = { functions = [\"read_write\"], units = [0, 1] }\n";
+    let opts = Options {
+        policies: vec![("p.toml".into(), policy.into())],
+        ..Options::default()
+    };
+    let env = Env::start(plc.addr, opts).await;
+    let mut c = env.connect("u").await;
+    assert_eq!(
+        c.request(0, &[6, 0, 50, 0, 77]).await.unwrap(),
+        vec![6, 0, 50, 0, 77]
+    );
+    assert_eq!(
+        registers(&c.request(1, &[3, 0, 50, 0, 1]).await.unwrap()),
+        vec![77]
+    );
+    let w = env.wait_event("write_allowed", |_| true).await;
+    assert_eq!(w["request"]["unit"], 0);
+
+    // A serial gateway never answers a broadcast: 0x0B after the timeout, and the same
+    // upstream connection goes on serving unit 1.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let device = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 12];
+                while s.read_exact(&mut buf).await.is_ok() {
+                    if buf[6] != 0 && s.write_all(&buf).await.is_err() {
+                        return; // FC6 echo for units other than 0
+                    }
+                }
+            });
+        }
+    });
+    let opts = Options {
+        policies: vec![("p.toml".into(), policy.into())],
+        service: "response_timeout = \"300ms\"".into(),
+        ..Options::default()
+    };
+    let env = Env::start(device, opts).await;
+    let mut c = env.connect("u").await;
+    assert_eq!(
+        exception(&c.request(0, &[6, 0, 50, 0, 77]).await.unwrap()),
+        Some(0x0B)
+    );
+    assert_eq!(
+        c.request(1, &[6, 0, 51, 0, 78]).await.unwrap(),
+        vec![6, 0, 51, 0, 78]
+    );
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_busy_client_whose_reads_end_mid_frame_is_not_closed_by_the_frame_timeout() {
+    let plc = plc().await;
+    let opts = Options {
+        limits: "frame_timeout = \"300ms\"".into(),
+        ..Options::default()
+    };
+    let env = Env::start(plc.addr, opts).await;
+    let mut c = env.connect(HMI).await;
+    // Every write completes one frame and starts the next: the buffer is never empty.
+    let frames: Vec<u8> = (1u16..=12)
+        .flat_map(|t| adu(t, 1, &[3, 0, 0, 0, 1]))
+        .collect();
+    c.send(&frames[..6]).await.unwrap();
+    let mut sent = 6;
+    let mut answered = 0u16;
+    let started = std::time::Instant::now();
+    while sent < frames.len() {
+        let next = (sent + 12).min(frames.len());
+        c.send(&frames[sent..next]).await.unwrap();
+        sent = next;
+        let f = c
+            .read_frame()
+            .await
+            .unwrap()
+            .expect("session must stay open");
+        answered += 1;
+        assert_eq!(u16::from_be_bytes([f[0], f[1]]), answered);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        started.elapsed() > std::time::Duration::from_millis(300),
+        "the test must outlast the frame timeout"
+    );
+}
+
+#[tokio::test]
+async fn handshakes_in_progress_cannot_take_the_verified_sessions_slots() {
+    let plc = plc().await;
+    let opts = Options {
+        limits: "max_handshakes = 2\nmax_sessions = 2".into(),
+        ..Options::default()
+    };
+    let env = Env::start(plc.addr, opts).await;
+    // Two silent TCP connections fill the handshake budget...
+    let _s1 = tokio::net::TcpStream::connect(env.addr).await.unwrap();
+    let _s2 = tokio::net::TcpStream::connect(env.addr).await.unwrap();
+    env.wait_until(|_| true).await;
+    let third = env.try_connect(HMI).await;
+    let refused = match third {
+        Err(_) => true,
+        Ok(mut c) => c.request(1, &[3, 0, 0, 0, 1]).await.is_err(),
+    };
+    assert!(
+        refused,
+        "a third handshake must be refused at max_handshakes = 2"
+    );
+    let e = env
+        .wait_event("tls_rejected", |e| {
+            e["reason"].as_str().unwrap().contains("max_handshakes")
+        })
+        .await;
+    assert!(e["reason"].as_str().unwrap().contains("max_handshakes (2)"));
+    // ...but they never count as sessions: once they are gone, verified sessions get in.
+    drop(_s1);
+    drop(_s2);
+    let mut ok = None;
+    for _ in 0..50 {
+        if let Ok(mut c) = env.try_connect(HMI).await
+            && let Ok(r) = c.request(1, &[3, 0, 0, 0, 1]).await
+        {
+            ok = Some(r);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        registers(&ok.expect("served after the silent peers left")),
+        vec![0]
+    );
 }

@@ -77,7 +77,9 @@ fn check_request(frame: &[u8]) {
             assert!(
                 matches!(
                     code,
-                    ExceptionCode::IllegalDataAddress | ExceptionCode::IllegalDataValue
+                    ExceptionCode::IllegalFunction
+                        | ExceptionCode::IllegalDataAddress
+                        | ExceptionCode::IllegalDataValue
                 ),
                 "{violation} answered with {code:?}"
             );

@@ -146,6 +146,16 @@ pub enum AuditEvent {
         request: ModbusSummary,
         rule: String,
     },
+    /// A diagnostic or vendor-specific request the policy allowed, forwarded to the device
+    /// (reads are not audited one by one; writes are `write_allowed`).
+    RequestAllowed {
+        session: u64,
+        identity: String,
+        service: String,
+        request: ModbusSummary,
+        rule: String,
+        class: crate::protocol::modbus::FunctionClass,
+    },
     /// The gateway answered for the device: 0x0A (no path) or 0x0B (no answer), or 0x06
     /// (too many outstanding requests).
     GatewayException {

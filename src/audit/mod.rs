@@ -50,6 +50,8 @@ struct Envelope<'a> {
 
 struct Writer {
     file: Option<std::io::BufWriter<std::fs::File>>,
+    /// Events that could not be written (counted into the next `audit_gap`).
+    lost: Arc<AtomicU64>,
     stdout: bool,
     gateway: String,
     seq: u64,
@@ -75,6 +77,7 @@ impl Writer {
             && let Err(e) = f.write_all(&self.line)
         {
             tracing::error!(error = %e, "audit file write failed");
+            self.lost.fetch_add(1, Ordering::Relaxed);
         }
         if self.stdout {
             let mut out = std::io::stdout().lock();
@@ -119,6 +122,7 @@ impl Audit {
         let dropped = Arc::new(AtomicU64::new(0));
         let mut writer = Writer {
             file,
+            lost: dropped.clone(),
             stdout: sinks.stdout,
             gateway: gateway.to_string(),
             seq: 0,

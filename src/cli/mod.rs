@@ -59,6 +59,12 @@ pub enum Command {
     /// Make certificates: a CA, the gateway's certificate, device and user certificates.
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// Serve only the simulated PLC (for scripts/bench-load.sh): prints `READY <addr>` once
+    /// bound, serves until SIGTERM/SIGINT or the end of stdin.
+    SimPlc {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        bind: std::net::SocketAddr,
+    },
 }
 
 fn load(config: &Path) -> Result<Config, ExitCode> {
@@ -118,7 +124,39 @@ pub fn main(cli: Cli) -> ExitCode {
             }
         }
         Command::Ca(command) => ca::main(command),
+        Command::SimPlc { bind } => match runtime().map(|rt| rt.block_on(sim_plc(bind))) {
+            Ok(Ok(())) => ExitCode::SUCCESS,
+            Ok(Err(e)) | Err(e) => {
+                eprintln!("sim-plc: {e}");
+                ExitCode::from(1)
+            }
+        },
     }
+}
+
+/// `ztgate sim-plc`: the demo's PLC alone, ended by a signal or by the end of stdin (so it
+/// dies with the process that holds its stdin open).
+async fn sim_plc(bind: std::net::SocketAddr) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let plc = crate::demo::plc::Plc::start(bind).await?;
+    let (mut term, mut int) = (
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+    );
+    let (eof_tx, eof_rx) = tokio::sync::oneshot::channel::<()>();
+    // A plain thread: a blocked stdin read must not hold up the runtime's shutdown.
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+        let _ = eof_tx.send(());
+    });
+    println!("READY {}", plc.addr);
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+        _ = eof_rx => {}
+    }
+    drop(plc);
+    Ok(())
 }
 
 fn check(path: &Path) -> ExitCode {

@@ -187,11 +187,18 @@ impl Config {
                 1024,
                 1..=1_000_000,
             ),
+            max_handshakes: c.count(
+                main,
+                "max_handshakes",
+                raw.limits.max_handshakes.as_ref(),
+                128,
+                1..=100_000,
+            ),
             max_sessions_per_identity: c.count(
                 main,
                 "max_sessions_per_identity",
                 raw.limits.max_sessions_per_identity.as_ref(),
-                64,
+                16,
                 1..=1_000_000,
             ),
             idle_timeout: c.duration(
@@ -218,6 +225,12 @@ impl Config {
             ),
         };
 
+        if audit.file.is_none() && !audit.stdout {
+            c.warnings.push(format!(
+                "{}: [audit] has neither a file nor stdout = true: audit events are discarded",
+                main.path.display()
+            ));
+        }
         let policy = c.policy(policy_files, &services, &service_ids, &tls);
 
         if c.errors.is_empty() {
@@ -535,6 +548,11 @@ impl Compiler {
                 s.response_timeout.as_ref(),
                 Duration::from_secs(3),
             ),
+            upstream_idle_timeout: self.duration(
+                file,
+                s.upstream_idle_timeout.as_ref(),
+                Duration::from_secs(60),
+            ),
             on_deny,
         }
     }
@@ -693,6 +711,27 @@ impl Compiler {
                         other.location, other.id, bounded.id
                     ));
                 }
+            }
+        }
+
+        for rule in &rules {
+            let Some(m) = &rule.modbus else { continue };
+            let limited = !m.read_addresses.is_everything()
+                || !m.write_addresses.is_everything()
+                || m.values.is_some();
+            let unaddressed: Vec<String> = m
+                .functions
+                .iter()
+                .filter(|f| !matches!(f, 1..=6 | 15 | 16 | 20..=24))
+                .map(|f| Function(f).to_string())
+                .collect();
+            if limited && !unaddressed.is_empty() {
+                self.warnings.push(format!(
+                    "{}: rule \"{}\" limits addresses or values, but {} address no registers: the limits do not apply to them",
+                    rule.location,
+                    rule.id,
+                    unaddressed.join(", ")
+                ));
             }
         }
 
@@ -887,9 +926,14 @@ impl Compiler {
                 c
             }
         };
-        // Unit 0 is broadcast: writes there reach every device on a serial line behind a
-        // gateway, so only a rule that names unit 0 itself allows them.
-        let broadcast = explicit_units && units.contains(0);
+        // Unit 0 is broadcast: a write (or diagnostic, or vendor code) there reaches every
+        // device on a serial line behind a gateway, so only a rule that lists 0 on its own
+        // allows it; "0-255" meant as "any unit" does not.
+        let broadcast = explicit_units
+            && m.units.iter().flatten().any(|u| {
+                matches!(u.get_ref(), RangeSpec::One(0))
+                    || matches!(u.get_ref(), RangeSpec::Text(t) if t.trim() == "0")
+            });
         ModbusMatch {
             functions,
             units,

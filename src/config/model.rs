@@ -96,12 +96,17 @@ pub struct Service {
     pub max_upstream_connections: usize,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
+    pub upstream_idle_timeout: Duration,
     pub on_deny: OnDeny,
 }
 
 #[derive(Clone, Debug)]
 pub struct Limits {
+    /// Verified sessions at once.
     pub max_sessions: usize,
+    /// Connections still in their TLS handshake at once: unauthenticated peers cannot take
+    /// the verified sessions' slots.
+    pub max_handshakes: usize,
     pub max_sessions_per_identity: usize,
     pub idle_timeout: Duration,
     /// Deadline for the rest of a frame once its first byte arrived.
@@ -197,7 +202,8 @@ impl RuleDef {
 pub struct ModbusMatch {
     pub functions: FunctionSet,
     pub units: RangeSet,
-    /// Writes to unit 0 (broadcast) allowed: only when the rule names unit 0 itself.
+    /// Non-read requests to unit 0 (broadcast) allowed: only when the rule's `units` lists 0
+    /// on its own (not inside a range such as "0-255").
     pub broadcast: bool,
     pub read_addresses: RangeSet,
     pub write_addresses: RangeSet,
@@ -245,6 +251,11 @@ impl RangeSet {
             }
         }
         RangeSet(merged)
+    }
+
+    /// Whether the set is every address 0..=65535 (no limit).
+    pub fn is_everything(&self) -> bool {
+        self.0 == [(0, 65535)]
     }
 
     pub fn ranges(&self) -> &[(u32, u32)] {

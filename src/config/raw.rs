@@ -70,6 +70,8 @@ pub struct RawService {
     pub max_upstream_connections: Option<Spanned<i64>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub response_timeout: Option<Spanned<String>>,
+    /// An upstream connection with nothing pending is released after this long.
+    pub upstream_idle_timeout: Option<Spanned<String>>,
     /// How a policy denial is answered: `illegal_function` (default, Modbus/TCP Security
     /// R-31), `illegal_data_address` (for address and value denials) or `reset`.
     pub on_deny: Option<Spanned<String>>,
@@ -79,6 +81,8 @@ pub struct RawService {
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     pub max_sessions: Option<Spanned<i64>>,
+    /// TLS handshakes in progress (unauthenticated connections) at once.
+    pub max_handshakes: Option<Spanned<i64>>,
     pub max_sessions_per_identity: Option<Spanned<i64>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub frame_timeout: Option<Spanned<String>>,

@@ -40,7 +40,7 @@ fn the_shipped_example_loads_without_warnings() {
     )))
     .expect("example config is valid");
     assert_eq!(config.services.len(), 1);
-    assert_eq!(config.policy.rules.len(), 4);
+    assert_eq!(config.policy.rules.len(), 5);
     assert!(config.warnings.is_empty(), "{:?}", config.warnings);
     let (_, plc) = config.service_by_name("plc-line1").expect("service");
     assert_eq!(plc.upstream_in_flight, 1);
@@ -166,8 +166,9 @@ modbus = { functions = ["write_single_register"], addresses = ["100-119"], value
 "#,
     )
     .expect("valid");
-    assert_eq!(config.warnings.len(), 3, "{:#?}", config.warnings);
-    assert!(config.warnings[0].contains("rule \"narrow\" can never decide anything"));
-    assert!(config.warnings[1].contains("rule \"bounded\" can never decide anything"));
-    assert!(config.warnings[2].contains("rule \"wide\" allows writes without value bounds"));
+    assert_eq!(config.warnings.len(), 4, "{:#?}", config.warnings);
+    assert!(config.warnings[0].contains("[audit] has neither a file nor stdout"));
+    assert!(config.warnings[1].contains("rule \"narrow\" can never decide anything"));
+    assert!(config.warnings[2].contains("rule \"bounded\" can never decide anything"));
+    assert!(config.warnings[3].contains("rule \"wide\" allows writes without value bounds"));
 }

@@ -46,6 +46,17 @@ pub async fn serve(shared: Arc<Shared>, bound: BoundListener, mut shutdown: watc
     }
 }
 
+/// Decrements the handshake counter when the handshake ends, however it ends.
+struct HandshakeGuard {
+    shared: Arc<Shared>,
+}
+
+impl Drop for HandshakeGuard {
+    fn drop(&mut self) {
+        self.shared.handshakes_end();
+    }
+}
+
 /// Decrements the session counters when a session (or a refused attempt) ends.
 struct SessionGuard {
     shared: Arc<Shared>,
@@ -74,20 +85,20 @@ async fn connection(
             reason,
         });
     };
-    if !shared.sessions_begin() {
-        reject(
+    // Unauthenticated peers have their own, smaller budget: they cannot take the slots of
+    // verified sessions.
+    if !shared.handshakes_begin() {
+        shared.handshakes_end();
+        return reject(
             None,
             format!(
-                "gateway at max_sessions ({})",
-                shared.config.limits.max_sessions
+                "gateway at max_handshakes ({})",
+                shared.config.limits.max_handshakes
             ),
         );
-        shared.sessions_end(None);
-        return;
     }
-    let mut guard = SessionGuard {
+    let handshake_guard = HandshakeGuard {
         shared: shared.clone(),
-        identity: None,
     };
     let _ = stream.set_nodelay(true);
 
@@ -122,6 +133,7 @@ async fn connection(
             Ok(Err((sni, reason))) => return reject(sni, reason),
             Err(_) => return reject(None, "TLS handshake timed out".to_string()),
         };
+    drop(handshake_guard);
 
     let (_, conn) = tls.get_ref();
     let tls_version = conn
@@ -137,7 +149,6 @@ async fn connection(
     };
     admit(
         shared.clone(),
-        &mut guard,
         tls,
         peer,
         bound.index,
@@ -152,7 +163,6 @@ async fn connection(
 #[allow(clippy::too_many_arguments)]
 async fn admit<S>(
     shared: Arc<Shared>,
-    guard: &mut SessionGuard,
     stream: S,
     peer: SocketAddr,
     listener: usize,
@@ -193,6 +203,17 @@ async fn admit<S>(
     if !policy.admits(service_id, &subject) {
         return deny("no rule lets this identity use the service".to_string());
     }
+    if !shared.sessions_begin() {
+        shared.sessions_end(None);
+        return deny(format!(
+            "gateway at max_sessions ({})",
+            shared.config.limits.max_sessions
+        ));
+    }
+    let mut guard = SessionGuard {
+        shared: shared.clone(),
+        identity: None,
+    };
     if !shared.identity_begin(&identity.id) {
         return deny(format!(
             "identity at max_sessions_per_identity ({})",

@@ -44,8 +44,8 @@ pub enum DenyReason {
     Function,
     /// Rules allow the function, but not on this unit id.
     Unit,
-    /// A write to unit 0 (broadcast) that no rule names unit 0 for.
-    BroadcastWrite,
+    /// A non-read request to unit 0 (broadcast) and no rule names unit 0.
+    Broadcast,
     /// Rules allow the function on this unit, but not at these addresses.
     Address,
     /// A register value outside the rule's bounds.
@@ -73,7 +73,7 @@ impl DenyReason {
             DenyReason::NoRuleForService => 0,
             DenyReason::Function => 1,
             DenyReason::Unit => 2,
-            DenyReason::BroadcastWrite => 3,
+            DenyReason::Broadcast => 3,
             DenyReason::Address => 4,
             DenyReason::Value { .. } | DenyReason::MaskValue { .. } | DenyReason::Coil { .. } => 5,
         }
@@ -92,8 +92,11 @@ impl fmt::Display for DenyReason {
             DenyReason::NoRuleForService => write!(f, "no rule for this service and these roles"),
             DenyReason::Function => write!(f, "no rule allows this function"),
             DenyReason::Unit => write!(f, "no rule allows this function on this unit"),
-            DenyReason::BroadcastWrite => {
-                write!(f, "write to unit 0 (broadcast) and no rule names unit 0")
+            DenyReason::Broadcast => {
+                write!(
+                    f,
+                    "non-read request to unit 0 (broadcast) and no rule names unit 0"
+                )
             }
             DenyReason::Address => write!(f, "no rule allows this function at these addresses"),
             DenyReason::Value {
@@ -430,15 +433,15 @@ impl Policy {
             // slot would take this unit (and this broadcast), else the unit is.
             if !slot.unit_possible(unit) {
                 raise(DenyReason::Unit, Some(any_rule));
-            } else if request.is_broadcast_write() && !slot.broadcast_any {
-                raise(DenyReason::BroadcastWrite, Some(any_rule));
+            } else if request.is_broadcast() && !slot.broadcast_any {
+                raise(DenyReason::Broadcast, Some(any_rule));
             } else {
                 let closest = slot.rules.iter().copied().find(|r| {
                     self.rule(*r)
                         .and_then(|rule| rule.modbus.as_ref())
                         .is_some_and(|m| {
                             m.units.contains(u32::from(unit))
-                                && (m.broadcast || !request.is_broadcast_write())
+                                && (m.broadcast || !request.is_broadcast())
                         })
                 });
                 raise(DenyReason::Address, closest.or(Some(any_rule)));
@@ -458,13 +461,18 @@ impl Policy {
         if !m.units.contains(u32::from(request.unit())) {
             return Err(DenyReason::Unit);
         }
-        if request.is_broadcast_write() && !m.broadcast {
-            return Err(DenyReason::BroadcastWrite);
+        if request.is_broadcast() && !m.broadcast {
+            return Err(DenyReason::Broadcast);
         }
+        let code = request.function.0;
         let within = |set: &crate::config::RangeSet, span: Span| {
             set.contains_range(u32::from(span.address), u32::from(span.last()))
         };
         let addresses_ok = match request.access {
+            // File records address files, not the register tables: a rule that limits
+            // addresses or bounds values cannot constrain them, so it does not allow them.
+            Access::None if code == 20 => m.read_addresses.is_everything(),
+            Access::None if code == 21 => m.write_addresses.is_everything() && m.values.is_none(),
             Access::None => true,
             Access::Read(_, span) => within(&m.read_addresses, span),
             Access::Write(_, span) => within(&m.write_addresses, span),

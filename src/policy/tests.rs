@@ -143,7 +143,7 @@ fn decision_table_for_the_example_policy() {
             1,
             &[8, 0, 0, 0x12, 0x34],
             true,
-            Some("engineer-maintenance"),
+            Some("engineer-diagnostics"),
             None,
         ),
         // engineer writes any register 0..9999 without bounds
@@ -257,11 +257,7 @@ fn broadcast_writes_need_unit_zero_named() {
     assert!(decide(&p, s, "me", 3, &[6, 0, 1, 0, 1]).0);
     assert_eq!(
         decide(&p, s, "me", 0, &[6, 0, 1, 0, 1]),
-        (
-            false,
-            Some("any-unit".into()),
-            Some(DenyReason::BroadcastWrite)
-        )
+        (false, Some("any-unit".into()), Some(DenyReason::Broadcast))
     );
     assert!(decide(&p, s, "me", 0, &[5, 0, 1, 0xFF, 0]).0);
     // reads of unit 0 are not broadcasts
@@ -354,4 +350,46 @@ fn admission_requires_a_rule_for_the_service() {
     // certificate roles only count when the policy defines them
     assert!(p.admits(s, &p.subject("nobody", &["historian".into()])));
     assert!(!p.admits(s, &p.subject("nobody", &["root".into()])));
+}
+
+#[test]
+fn file_records_are_only_allowed_by_rules_without_address_limits() {
+    let (p, s) = policy_from(
+        "[[rule]]\nid = \"limited\"\nroles = [\"r\"]\nservices = [\"plc\"]\nmodbus = { functions = [\"programming\"], addresses = [\"0-999\"] }\n",
+    );
+    // FC20 read file record: file 4, record 1, length 2.
+    let read_file = [20, 7, 6, 0, 4, 0, 1, 0, 2];
+    assert_eq!(
+        decide(&p, s, "me", 1, &read_file),
+        (false, Some("limited".into()), Some(DenyReason::Address))
+    );
+    let (p, s) = policy_from(
+        "[[rule]]\nid = \"files\"\nroles = [\"r\"]\nservices = [\"plc\"]\nmodbus = { functions = [\"read_file_record\"] }\n",
+    );
+    assert!(decide(&p, s, "me", 1, &read_file).0);
+}
+
+#[test]
+fn broadcast_needs_unit_0_listed_on_its_own_and_covers_every_non_read() {
+    let (p, s) = policy_from(
+        "[[rule]]\nid = \"any\"\nroles = [\"r\"]\nservices = [\"plc\"]\nmodbus = { functions = [6, 8, 90], units = [\"0-255\"] }\n",
+    );
+    assert_eq!(
+        decide(&p, s, "me", 0, &[6, 0, 1, 0, 1]).2,
+        Some(DenyReason::Broadcast)
+    );
+    // Diagnostics "force listen only mode" (sub-function 4) to every device on the line.
+    assert_eq!(
+        decide(&p, s, "me", 0, &[8, 0, 4, 0, 0]).2,
+        Some(DenyReason::Broadcast)
+    );
+    assert_eq!(
+        decide(&p, s, "me", 0, &[90, 1]).2,
+        Some(DenyReason::Broadcast)
+    );
+    assert!(decide(&p, s, "me", 7, &[8, 0, 4, 0, 0]).0);
+    let (p, s) = policy_from(
+        "[[rule]]\nid = \"bcast\"\nroles = [\"r\"]\nservices = [\"plc\"]\nmodbus = { functions = [6], units = [0, \"1-10\"] }\n",
+    );
+    assert!(decide(&p, s, "me", 0, &[6, 0, 1, 0, 1]).0);
 }

@@ -70,6 +70,10 @@ struct Slot {
 struct Upstream {
     stream: TcpStream,
     buf: BytesMut,
+    /// When a request was last written or a response read: an idle connection is released
+    /// after the service's `upstream_idle_timeout`, so idle sessions do not hold the PLC's
+    /// few connection slots.
+    last_used: Instant,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -85,6 +89,22 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut client_rx, mut client_tx) = tokio::io::split(stream);
+    let closed = relay_loop(&mut client_rx, &mut client_tx, ctx, stats).await;
+    // A TLS close_notify, so the client sees a clean end rather than a truncated stream.
+    let _ = timeout(ctx.frame_timeout, client_tx.shutdown()).await;
+    closed
+}
+
+async fn relay_loop<R, W>(
+    client_rx: &mut R,
+    client_tx: &mut W,
+    ctx: &SessionContext,
+    stats: &mut SessionStats,
+) -> Closed
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut live = LivePolicy::new(ctx);
     let mut relay = Relay {
         ctx,
@@ -98,11 +118,18 @@ where
     let mut partial_since: Option<Instant> = None;
 
     loop {
-        // The nearest deadline: a device that must answer, a frame that must finish, or idle.
-        let deadline = relay
-            .next_response_deadline()
-            .or(partial_since.map(|t| t + ctx.frame_timeout))
-            .unwrap_or(last_activity + ctx.idle_timeout);
+        // The nearest deadline: a device that must answer, a frame that must finish, an idle
+        // upstream connection to release, or the session's idle timeout.
+        let deadline = [
+            relay.next_response_deadline(),
+            partial_since.map(|t| t + ctx.frame_timeout),
+            relay.upstream_idle_deadline(),
+            Some(last_activity + ctx.idle_timeout),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(last_activity + ctx.idle_timeout);
         let reserve = CLIENT_BUF.saturating_sub(buf.len()).max(MAX_ADU_LEN);
         buf.reserve(reserve);
 
@@ -119,40 +146,44 @@ where
                 };
                 stats.bytes_from_client += n as u64;
                 last_activity = Instant::now();
-                if let Err(closed) = relay.client_frames(&mut buf, &mut live, stats).await {
-                    // Answers already decided go out before the close (e.g. a reset denial
-                    // after an allowed read is still answered in order).
-                    let _ = relay.flush(&mut client_tx, stats).await;
-                    return closed;
-                }
+                let consumed = match relay.client_frames(&mut buf, &mut live, stats) {
+                    Ok(consumed) => consumed,
+                    Err(closed) => {
+                        // Answers already complete at the front of the queue go out before the
+                        // close; requests still waiting for the device are dropped with it.
+                        let _ = relay.flush(client_tx, stats).await;
+                        return closed;
+                    }
+                };
+                // The frame deadline runs from the first byte of the frame now at the front.
                 partial_since = if buf.is_empty() {
                     None
+                } else if consumed {
+                    Some(last_activity)
                 } else {
                     partial_since.or(Some(last_activity))
                 };
             }
             read = read_upstream(&mut relay.upstream) => {
                 relay.upstream_bytes(read);
-                last_activity = Instant::now();
             }
             () = sleep_until(deadline) => {
                 let now = Instant::now();
                 if relay.next_response_deadline().is_some_and(|d| d <= now) {
-                    relay.fail_in_flight(
-                        ExceptionCode::GatewayTargetFailedToRespond,
-                        "device did not answer within response_timeout",
-                    );
+                    relay.response_timeout(now);
                 } else if partial_since.is_some_and(|t| t + ctx.frame_timeout <= now) {
                     return CloseReason::FrameTimeout;
                 } else if relay.queue.is_empty() && last_activity + ctx.idle_timeout <= now {
                     return CloseReason::IdleTimeout;
+                } else if relay.upstream_idle_deadline().is_some_and(|d| d <= now) {
+                    relay.upstream = None;
                 }
             }
             _ = shutdown.changed() => return CloseReason::Shutdown,
         }
 
         relay.pump().await;
-        if let Err(e) = relay.flush(&mut client_tx, stats).await {
+        if let Err(e) = relay.flush(client_tx, stats).await {
             return CloseReason::ClientError { detail: e };
         }
     }
@@ -168,6 +199,10 @@ async fn read_upstream(upstream: &mut Option<Upstream>) -> std::io::Result<usize
         }
         None => std::future::pending().await,
     }
+}
+
+fn is_read(function: u8) -> bool {
+    modbus::Function(function).class() == FunctionClass::Read
 }
 
 /// What audit says about a request: function, unit, addresses; never values.
@@ -223,6 +258,14 @@ impl Relay<'_> {
             .min()
     }
 
+    /// When the upstream connection, unused and with nothing pending, is to be released.
+    fn upstream_idle_deadline(&self) -> Option<Instant> {
+        let upstream = self.upstream.as_ref()?;
+        self.queue
+            .is_empty()
+            .then(|| upstream.last_used + self.ctx.service.upstream_idle_timeout)
+    }
+
     fn in_flight(&self) -> usize {
         self.queue
             .iter()
@@ -259,17 +302,18 @@ impl Relay<'_> {
         });
     }
 
-    /// Decodes and decides every complete frame in `buf`.
-    async fn client_frames(
+    /// Decodes and decides every complete frame in `buf`; says whether any was consumed.
+    fn client_frames(
         &mut self,
         buf: &mut BytesMut,
         live: &mut LivePolicy,
         stats: &mut SessionStats,
-    ) -> Result<(), Closed> {
+    ) -> Result<bool, Closed> {
+        let mut consumed = false;
         loop {
             let frame_len = match modbus::frame_len(buf) {
                 Ok(Some(n)) if buf.len() >= n => n,
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(consumed),
                 Err(e) => return Err(self.framing_error(e.to_string())),
             };
             let request = match modbus::decode_request(&buf[..frame_len]) {
@@ -300,6 +344,7 @@ impl Relay<'_> {
                 self.request(&request, live, stats)?;
             }
             buf.advance(frame_len);
+            consumed = true;
         }
     }
 
@@ -367,15 +412,6 @@ impl Relay<'_> {
             }
             Decision::Allow { rule } => {
                 stats.allowed += 1;
-                if request.function.class() == FunctionClass::Write {
-                    self.ctx.audit.emit(AuditEvent::WriteAllowed {
-                        session: self.ctx.id,
-                        identity: self.ctx.identity.id.clone(),
-                        service: self.ctx.service.name.clone(),
-                        request: summary(request),
-                        rule: policy.rule_id(rule).to_string(),
-                    });
-                }
                 if !self.ctx.service.units.contains(u32::from(request.unit())) {
                     self.emit_gateway_exception(
                         summary(request),
@@ -385,6 +421,33 @@ impl Relay<'_> {
                     );
                     self.answer_locally(header, function, ExceptionCode::GatewayPathUnavailable);
                     return Ok(());
+                }
+                let class = request.function.class();
+                if class != FunctionClass::Read {
+                    let (session, identity, service) = (
+                        self.ctx.id,
+                        self.ctx.identity.id.clone(),
+                        self.ctx.service.name.clone(),
+                    );
+                    let (request, rule) = (summary(request), policy.rule_id(rule).to_string());
+                    self.ctx.audit.emit(if class == FunctionClass::Write {
+                        AuditEvent::WriteAllowed {
+                            session,
+                            identity,
+                            service,
+                            request,
+                            rule,
+                        }
+                    } else {
+                        AuditEvent::RequestAllowed {
+                            session,
+                            identity,
+                            service,
+                            request,
+                            rule,
+                            class,
+                        }
+                    });
                 }
                 self.queue.push_back(Slot {
                     header,
@@ -435,6 +498,7 @@ impl Relay<'_> {
                 upstream.stream.write_all(slot.adu.as_slice()),
             )
             .await;
+            upstream.last_used = Instant::now();
             match write {
                 Ok(Ok(())) => slot.state = SlotState::InFlight { deadline },
                 Ok(Err(e)) => {
@@ -490,6 +554,7 @@ impl Relay<'_> {
         Ok(Upstream {
             stream,
             buf: BytesMut::with_capacity(UPSTREAM_BUF),
+            last_used: Instant::now(),
             _permit: permit,
         })
     }
@@ -502,6 +567,31 @@ impl Relay<'_> {
             Side::Upstream,
             reason,
         );
+    }
+
+    /// Requests whose device deadline passed get 0x0B. A device that does not answer has lost
+    /// track of the stream, so the connection is dropped (a late answer must not meet a later
+    /// request) — except when every expired request went to unit 0: a serial gateway never
+    /// answers a broadcast, and that says nothing about the connection.
+    fn response_timeout(&mut self, now: Instant) {
+        let expired =
+            |s: &Slot| matches!(s.state, SlotState::InFlight { deadline } if deadline <= now);
+        let only_broadcasts = self
+            .queue
+            .iter()
+            .filter(|s| expired(s))
+            .all(|s| s.header.unit_id == 0 && !is_read(s.function));
+        let reason = "device did not answer within response_timeout";
+        if only_broadcasts {
+            self.fail_where(
+                |s| matches!(s, SlotState::InFlight { deadline } if *deadline <= now),
+                ExceptionCode::GatewayTargetFailedToRespond,
+                Side::Upstream,
+                reason,
+            );
+        } else {
+            self.fail_in_flight(ExceptionCode::GatewayTargetFailedToRespond, reason);
+        }
     }
 
     /// Drops the upstream connection; requests in flight on it get 0x0B.
@@ -568,18 +658,25 @@ impl Relay<'_> {
         }
     }
 
-    /// Matches a device response to the request in flight with its transaction id.
+    /// Matches a device response to the request in flight with its transaction id, and checks
+    /// that it answers that request (function, and the count or echo the request implies). A
+    /// response that answers nothing in flight means the device's stream is out of step with
+    /// ours: it is dropped and the upstream connection is reset, so a stale or duplicated answer
+    /// can never be handed to a later request that reuses the transaction id.
     fn response(&mut self, adu: Adu) {
         let Some(header) = Mbap::peek(adu.as_slice()) else {
             return;
         };
+        if let Some(upstream) = self.upstream.as_mut() {
+            upstream.last_used = Instant::now();
+        }
         let function = adu.as_slice().get(modbus::MBAP_LEN).copied().unwrap_or(0);
         let slot = self.queue.iter_mut().find(|s| {
             matches!(s.state, SlotState::InFlight { .. })
                 && s.header.transaction_id == header.transaction_id
         });
         match slot {
-            Some(slot) if function & 0x7F == slot.function => {
+            Some(slot) if modbus::response_answers(slot.adu.as_slice(), adu.as_slice()) => {
                 slot.adu = adu;
                 slot.state = SlotState::Ready;
             }
@@ -587,7 +684,7 @@ impl Relay<'_> {
                 tracing::info!(
                     session = self.ctx.id,
                     transaction_id = header.transaction_id,
-                    "dropping a device response that matches no pending request"
+                    "dropping a device response that answers no pending request"
                 );
                 self.ctx.audit.emit(AuditEvent::UnmatchedResponse {
                     session: self.ctx.id,
@@ -595,6 +692,7 @@ impl Relay<'_> {
                     transaction_id: header.transaction_id,
                     function,
                 });
+                self.upstream_failed("device sent a response that answers no pending request");
             }
         }
     }
@@ -617,12 +715,13 @@ impl Relay<'_> {
         if self.out.is_empty() {
             return Ok(());
         }
-        // A client that stops reading is closed after idle_timeout rather than held forever.
+        // A client that stops reading is closed after frame_timeout: a few hundred bytes of
+        // answers that cannot be delivered in that time will not be.
         let write = async {
             client.write_all(&self.out).await?;
             client.flush().await
         };
-        match timeout(self.ctx.idle_timeout, write).await {
+        match timeout(self.ctx.frame_timeout, write).await {
             Ok(Ok(())) => {
                 stats.bytes_to_client += self.out.len() as u64;
                 self.out.clear();

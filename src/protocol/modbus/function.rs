@@ -44,9 +44,13 @@ const PUBLIC: &[(u8, &str, FunctionClass)] = &[
 
 /// Presets, as industrial firewalls name them. Vendor codes are never in a preset: a rule must
 /// name them by number.
+///
+/// File records (20, 21) are only in `programming`: they address files and records, not the
+/// register tables, so a rule's address limits cannot constrain them (a rule with address
+/// limits or value bounds never allows them).
 pub const PRESETS: &[(&str, &[u8])] = &[
-    ("read_only", &[1, 2, 3, 4, 20, 24]),
-    ("read_write", &[1, 2, 3, 4, 5, 6, 15, 16, 20, 22, 23, 24]),
+    ("read_only", &[1, 2, 3, 4, 24]),
+    ("read_write", &[1, 2, 3, 4, 5, 6, 15, 16, 22, 23, 24]),
     (
         "programming",
         &[

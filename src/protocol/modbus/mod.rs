@@ -127,6 +127,10 @@ pub enum Violation {
     CoilValue(u16),
     #[error("malformed {0}")]
     Malformed(&'static str),
+    /// Function code 0, an exception-space code (≥ 0x80), or an MEI type this gateway does not
+    /// pass (everything but 0x0E Read Device Identification).
+    #[error("{0}")]
+    IllegalFunction(&'static str),
 }
 
 impl Violation {
@@ -135,6 +139,7 @@ impl Violation {
     pub fn exception(&self) -> ExceptionCode {
         match self {
             Violation::AddressOverflow { .. } => ExceptionCode::IllegalDataAddress,
+            Violation::IllegalFunction(_) => ExceptionCode::IllegalFunction,
             _ => ExceptionCode::IllegalDataValue,
         }
     }
@@ -299,9 +304,11 @@ impl<'a> Request<'a> {
         self.header.transaction_id
     }
 
-    /// Unit 0 is the broadcast address (spec §4.4 of the serial line spec, kept by gateways).
-    pub fn is_broadcast_write(&self) -> bool {
-        self.header.unit_id == 0 && self.function.class() == FunctionClass::Write
+    /// Unit 0 is the broadcast address (Modbus over Serial Line §2.2, kept by gateways):
+    /// anything but a read sent there reaches every device on the line behind a gateway
+    /// (a write, a diagnostic such as "force listen only mode", a vendor code).
+    pub fn is_broadcast(&self) -> bool {
+        self.header.unit_id == 0 && self.function.class() != FunctionClass::Read
     }
 }
 
@@ -613,19 +620,30 @@ pub fn decode_request(adu: &[u8]) -> Result<Request<'_>, RequestError> {
                 },
             );
         }
-        // Encapsulated interface transport (§6.19–6.21): MEI type and its data.
+        // Encapsulated interface transport (§6.19–6.21). Only MEI 0x0E, Read Device
+        // Identification, passes: 0x0D tunnels CANopen requests (which can write a device's
+        // object dictionary) that no rule here can constrain, and the rest are reserved.
         43 => {
             at_least(1)?;
             let mei = r.u8().unwrap_or(0);
             sub_function = Some(u16::from(mei));
-            if mei == 0x0E {
-                // Read device identification: read device id code 1..=4, object id.
-                fixed(3)?;
-                let code = r.u8().unwrap_or(0);
-                if !(1..=4).contains(&code) {
-                    return Err(violation(Violation::Malformed("read device id code")));
-                }
+            if mei != 0x0E {
+                return Err(violation(Violation::IllegalFunction(
+                    "MEI type other than 0x0E (Read Device Identification)",
+                )));
             }
+            // Read device id code 1..=4, object id.
+            fixed(3)?;
+            let code = r.u8().unwrap_or(0);
+            if !(1..=4).contains(&code) {
+                return Err(violation(Violation::Malformed("read device id code")));
+            }
+        }
+        // Function code 0 does not exist and 0x80.. is the exception space of responses.
+        0 | 0x80..=0xFF => {
+            return Err(violation(Violation::IllegalFunction(
+                "function code 0 or ≥ 0x80 in a request",
+            )));
         }
         // Anything else (vendor codes such as 90, reserved codes, exception-space codes) is
         // framed by the MBAP length alone; the policy denies it unless a rule names it.
@@ -745,6 +763,53 @@ pub fn decode_response(adu: &[u8]) -> Result<Response<'_>, FrameError> {
         function,
         adu,
     })
+}
+
+/// Whether `response` answers `request` (both complete ADUs): the same transaction id, the
+/// request's function (or its exception), and — for a normal response — the byte count the
+/// request's quantity implies, or the echo of the request's address and quantity (spec §6).
+/// A response that fails this is not the answer to this request, whatever its transaction id.
+pub fn response_answers(request: &[u8], response: &[u8]) -> bool {
+    let (Some(req), Some(resp)) = (Mbap::peek(request), Mbap::peek(response)) else {
+        return false;
+    };
+    let req_pdu = request.get(MBAP_LEN..).unwrap_or_default();
+    let resp_pdu = response.get(MBAP_LEN..).unwrap_or_default();
+    let (Some(&code), Some(&answer)) = (req_pdu.first(), resp_pdu.first()) else {
+        return false;
+    };
+    if req.transaction_id != resp.transaction_id || answer & 0x7F != code {
+        return false;
+    }
+    if answer & 0x80 != 0 {
+        return resp_pdu.len() == 2;
+    }
+    let word = |pdu: &[u8], at: usize| match (pdu.get(at), pdu.get(at.saturating_add(1))) {
+        (Some(hi), Some(lo)) => Some(u16::from_be_bytes([*hi, *lo])),
+        _ => None,
+    };
+    let byte_count = resp_pdu.get(1).map(|b| usize::from(*b));
+    let data_len = resp_pdu.len().saturating_sub(2);
+    match code {
+        // Reads: byte count from the quantity, and exactly that many bytes.
+        1 | 2 => word(req_pdu, 3).is_some_and(|q| {
+            let n = usize::from(q.div_ceil(8));
+            byte_count == Some(n) && data_len == n
+        }),
+        3 | 4 => word(req_pdu, 3).is_some_and(|q| {
+            let n = usize::from(q).saturating_mul(2);
+            byte_count == Some(n) && data_len == n
+        }),
+        23 => word(req_pdu, 3).is_some_and(|q| {
+            let n = usize::from(q).saturating_mul(2);
+            byte_count == Some(n) && data_len == n
+        }),
+        // Single writes and mask write echo the request.
+        5 | 6 | 22 => resp_pdu == req_pdu,
+        // Multiple writes echo address and quantity.
+        15 | 16 => resp_pdu.len() == 5 && resp_pdu.get(1..5) == req_pdu.get(1..5),
+        _ => true,
+    }
 }
 
 /// Length of an exception response ADU.

@@ -92,7 +92,10 @@ fn classifies_every_public_function_and_vendor_codes() {
 
 #[test]
 fn presets_never_contain_vendor_codes() {
-    assert_eq!(preset("read_only"), Some(&[1, 2, 3, 4, 20, 24][..]));
+    assert_eq!(preset("read_only"), Some(&[1, 2, 3, 4, 24][..]));
+    // File records address files, not registers: only `programming` has them.
+    assert!(!preset("read_write").expect("read_write").contains(&21));
+    assert!(preset("programming").expect("programming").contains(&21));
     assert_eq!(preset("unknown"), None);
     for (name, codes) in PRESETS {
         for &code in *codes {
@@ -157,7 +160,7 @@ fn decodes_read_coils() {
     assert_eq!(req.access, read(Table::Coils, 19, 37));
     assert_eq!(req.written, Written::Nothing);
     assert_eq!(req.sub_function, None);
-    assert!(!req.is_broadcast_write());
+    assert!(!req.is_broadcast());
 }
 
 #[test]
@@ -600,7 +603,7 @@ fn broadcast_write_is_unit_zero_and_a_write() {
         0x00, 0x01, // address 1
         0x00, 0x01, // value 1
     ];
-    assert!(decode_request(&write).expect("valid").is_broadcast_write());
+    assert!(decode_request(&write).expect("valid").is_broadcast());
     let read = [
         0x00, 0x01, // transaction id 1
         0x00, 0x00, // protocol id 0
@@ -610,7 +613,7 @@ fn broadcast_write_is_unit_zero_and_a_write() {
         0x00, 0x01, // address 1
         0x00, 0x01, // quantity 1
     ];
-    assert!(!decode_request(&read).expect("valid").is_broadcast_write());
+    assert!(!decode_request(&read).expect("valid").is_broadcast());
 }
 
 #[test]
@@ -1487,4 +1490,58 @@ fn decodes_exception_response_and_checks_it_answers_the_request() {
             have: 1
         })
     );
+}
+
+#[test]
+fn function_code_0_exception_space_codes_and_other_mei_types_are_illegal_functions() {
+    for pdu in [
+        &[0x00, 1, 2][..],
+        &[0x83, 0, 0, 0, 1],
+        &[0xFF],
+        &[43, 0x0D, 1, 2, 3],
+        &[43, 0x01],
+    ] {
+        let mut adu = vec![0, 1, 0, 0, 0, 0, 1];
+        adu[5] = u8::try_from(pdu.len() + 1).expect("small");
+        adu.extend_from_slice(pdu);
+        match decode_request(&adu) {
+            Err(RequestError::Violation { violation, .. }) => {
+                assert_eq!(
+                    violation.exception(),
+                    ExceptionCode::IllegalFunction,
+                    "{pdu:02x?}"
+                );
+            }
+            other => panic!("{pdu:02x?}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_response_answers_only_the_request_it_fits() {
+    let read = [0, 9, 0, 0, 0, 6, 1, 3, 0, 10, 0, 2]; // tid 9, FC3 address 10 quantity 2
+    let ok = [0, 9, 0, 0, 0, 7, 1, 3, 4, 0, 10, 0, 11];
+    assert!(response_answers(&read, &ok));
+    let other_tid = [0, 8, 0, 0, 0, 7, 1, 3, 4, 0, 10, 0, 11];
+    assert!(!response_answers(&read, &other_tid));
+    let short = [0, 9, 0, 0, 0, 5, 1, 3, 2, 0, 10]; // one register for a read of two
+    assert!(!response_answers(&read, &short));
+    let exception = [0, 9, 0, 0, 0, 3, 1, 0x83, 0x02];
+    assert!(response_answers(&read, &exception));
+    let wrong_function = [0, 9, 0, 0, 0, 3, 1, 0x84, 0x02];
+    assert!(!response_answers(&read, &wrong_function));
+    let write = [0, 1, 0, 0, 0, 6, 1, 6, 0, 105, 0, 7]; // FC6 register 105 = 7
+    assert!(response_answers(&write, &write));
+    let other_echo = [0, 1, 0, 0, 0, 6, 1, 6, 0, 106, 0, 7];
+    assert!(!response_answers(&write, &other_echo));
+    let multi = [0, 2, 0, 0, 0, 11, 1, 16, 0, 100, 0, 2, 4, 0, 1, 0, 2];
+    assert!(response_answers(
+        &multi,
+        &[0, 2, 0, 0, 0, 6, 1, 16, 0, 100, 0, 2]
+    ));
+    assert!(!response_answers(
+        &multi,
+        &[0, 2, 0, 0, 0, 6, 1, 16, 0, 100, 0, 3]
+    ));
+    assert!(!response_answers(&[], &ok));
 }
