@@ -293,6 +293,31 @@ async fn connect(ep: &Endpoint) -> anyhow::Result<Client> {
         .context("connect")
 }
 
+/// What the load generator and the target negotiate, e.g. `TLSv1_3 TLS13_AES_256_GCM_SHA384
+/// X25519` (checked with one transaction).
+async fn negotiated(ep: &Endpoint) -> anyhow::Result<String> {
+    let Some(config) = &ep.tls else {
+        return Ok("plaintext".to_string());
+    };
+    let tcp = TcpStream::connect(ep.addr).await?;
+    let tls = TlsConnector::from(config.clone())
+        .connect(ServerName::IpAddress(ep.addr.ip().into()), tcp)
+        .await?;
+    let (_, conn) = tls.get_ref();
+    let text = format!(
+        "{} {} {}",
+        conn.protocol_version()
+            .map_or("?".to_string(), |v| format!("{v:?}")),
+        conn.negotiated_cipher_suite()
+            .map_or("?".to_string(), |c| format!("{:?}", c.suite())),
+        conn.negotiated_key_exchange_group()
+            .map_or("?".to_string(), |g| format!("{:?}", g.name())),
+    );
+    let mut client: Client = ModbusClient::new(Box::new(tls));
+    transact(&mut client, &expected_response()).await?;
+    Ok(text)
+}
+
 /// One FC3 transaction, its answer checked (the client bounds the wait for it).
 async fn transact(client: &mut Client, expected: &[u8]) -> anyhow::Result<()> {
     let pdu = client.request(1, &READ_PDU).await.context("request")?;
@@ -393,6 +418,7 @@ async fn transactions(
     watch: Watch,
     errors: &Errors,
 ) -> Run {
+    let errors_before = errors.count();
     let expected: Arc<[u8]> = expected_response().into();
     // Connect every client and warm it up with one transaction before the clock starts.
     let mut clients = Vec::with_capacity(conns);
@@ -457,17 +483,17 @@ async fn transactions(
         }
     }
     drop(open);
-    summarize(&mut run, latencies, window, errors);
+    summarize(&mut run, latencies, window, errors.count() - errors_before);
     run
 }
 
-fn summarize(run: &mut Run, mut latencies: Vec<u64>, window: Duration, errors: &Errors) {
+fn summarize(run: &mut Run, mut latencies: Vec<u64>, window: Duration, errors: u64) {
     latencies.sort_unstable();
     run.completed = latencies.len() as u64;
     run.per_sec = run.completed as f64 / window.as_secs_f64();
     run.p50_us = percentile(&latencies, 0.50) / 1e3;
     run.p99_us = percentile(&latencies, 0.99) / 1e3;
-    run.errors = errors.count();
+    run.errors = errors;
     run.per_proxy_cpu_sec = run
         .proxy_cpu_secs
         .filter(|c| *c > 0.0)
@@ -483,6 +509,7 @@ async fn handshakes(
     watch: Watch,
     errors: &Arc<Errors>,
 ) -> Run {
+    let errors_before = errors.count();
     let expected: Arc<[u8]> = expected_response().into();
     let meter = watch.meter();
     let deadline = meter.t0 + window;
@@ -530,7 +557,7 @@ async fn handshakes(
             Err(e) => errors.record("handshake task", e),
         }
     }
-    summarize(&mut run, latencies, window, errors);
+    summarize(&mut run, latencies, window, errors.count() - errors_before);
     run
 }
 
@@ -964,6 +991,8 @@ fn pin_self_to_cpu0() -> anyhow::Result<()> {
 #[derive(Default, Serialize)]
 struct TargetReport {
     ok: bool,
+    /// Protocol version, cipher suite and key exchange the load generator negotiated.
+    tls: Option<String>,
     errors: u64,
     first_errors: Vec<String>,
     one_conn: Vec<Run>,
@@ -1185,6 +1214,11 @@ fn table(settings: &Settings, targets: &[(String, TargetReport)]) -> String {
         );
     }
     out.push('\n');
+    for (name, r) in targets {
+        if let Some(tls) = &r.tls {
+            let _ = writeln!(out, "{:width$}{tls}", format!("negotiated, {name}"));
+        }
+    }
     let _ = writeln!(
         out,
         "\n¹ direct: new TCP connection + 1 read (no TLS); proxies: new TCP connection + full mTLS \
@@ -1325,6 +1359,14 @@ fn benchmark() -> anyhow::Result<bool> {
     std::thread::sleep(Duration::from_millis(300));
     for ((_, report), proc) in reports.iter_mut().zip(&procs) {
         report.rss_idle_kib = proc.as_ref().and_then(|p| rss_kib(p.pid()));
+    }
+    for (((_, report), ep), errs) in reports.iter_mut().zip(&endpoints).zip(&errors) {
+        if let Some(ep) = ep {
+            match rt.block_on(negotiated(ep)) {
+                Ok(t) => report.tls = Some(t),
+                Err(e) => errs.record("first connection", format!("{e:#}")),
+            }
+        }
     }
 
     for round in 1..=settings.rounds {
