@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, timeout};
 
 /// Client read buffer: several maximal ADUs, so a pipelining client is read in one syscall.
 const CLIENT_BUF: usize = 4 * MAX_ADU_LEN;
@@ -88,22 +88,18 @@ pub(super) async fn relay<S>(stream: S, ctx: &SessionContext, stats: &mut Sessio
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut client_rx, mut client_tx) = tokio::io::split(stream);
-    let closed = relay_loop(&mut client_rx, &mut client_tx, ctx, stats).await;
+    // No split into halves: the client is only written between polls of the select below,
+    // so one owner suffices and no lock is taken per read or write.
+    let mut client = stream;
+    let closed = relay_loop(&mut client, ctx, stats).await;
     // A TLS close_notify, so the client sees a clean end rather than a truncated stream.
-    let _ = timeout(ctx.frame_timeout, client_tx.shutdown()).await;
+    let _ = timeout(ctx.frame_timeout, client.shutdown()).await;
     closed
 }
 
-async fn relay_loop<R, W>(
-    client_rx: &mut R,
-    client_tx: &mut W,
-    ctx: &SessionContext,
-    stats: &mut SessionStats,
-) -> Closed
+async fn relay_loop<S>(client: &mut S, ctx: &SessionContext, stats: &mut SessionStats) -> Closed
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut live = LivePolicy::new(ctx);
     let mut relay = Relay {
@@ -116,6 +112,11 @@ where
     let mut shutdown = ctx.shutdown.clone();
     let mut last_activity = Instant::now();
     let mut partial_since: Option<Instant> = None;
+    // One timer for the whole session. It is moved earlier when a nearer deadline appears and
+    // otherwise left alone: a later deadline is picked up when the armed one fires (and finds
+    // nothing due), so the per-request hot path does not touch the timer wheel.
+    let timer = tokio::time::sleep_until(last_activity + ctx.idle_timeout);
+    tokio::pin!(timer);
 
     loop {
         // The nearest deadline: a device that must answer, a frame that must finish, an idle
@@ -130,11 +131,14 @@ where
         .flatten()
         .min()
         .unwrap_or(last_activity + ctx.idle_timeout);
+        if deadline < timer.deadline() {
+            timer.as_mut().reset(deadline);
+        }
         let reserve = CLIENT_BUF.saturating_sub(buf.len()).max(MAX_ADU_LEN);
         buf.reserve(reserve);
 
         tokio::select! {
-            read = client_rx.read_buf(&mut buf) => {
+            read = client.read_buf(&mut buf) => {
                 let n = match read {
                     Ok(0) => return CloseReason::ClientClosed,
                     Ok(n) => n,
@@ -151,7 +155,7 @@ where
                     Err(closed) => {
                         // Answers already complete at the front of the queue go out before the
                         // close; requests still waiting for the device are dropped with it.
-                        let _ = relay.flush(client_tx, stats).await;
+                        let _ = relay.flush(client, stats).await;
                         return closed;
                     }
                 };
@@ -167,8 +171,10 @@ where
             read = read_upstream(&mut relay.upstream) => {
                 relay.upstream_bytes(read);
             }
-            () = sleep_until(deadline) => {
+            () = &mut timer => {
                 let now = Instant::now();
+                // Re-armed at the top of the loop to whatever is due next.
+                timer.as_mut().reset(now + ctx.idle_timeout);
                 if relay.next_response_deadline().is_some_and(|d| d <= now) {
                     relay.response_timeout(now);
                 } else if partial_since.is_some_and(|t| t + ctx.frame_timeout <= now) {
@@ -183,7 +189,7 @@ where
         }
 
         relay.pump().await;
-        if let Err(e) = relay.flush(client_tx, stats).await {
+        if let Err(e) = relay.flush(client, stats).await {
             return CloseReason::ClientError { detail: e };
         }
     }
