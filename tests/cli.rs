@@ -92,22 +92,30 @@ fn check_points_at_file_line_and_column_of_every_error() {
     }
 }
 
-#[test]
-fn explain_names_the_rule_that_decides() {
+/// `ztgate explain` on the shipped example.
+fn explain(identity: &str, service: &str, request: &str) -> Output {
     let config = repo().join("ztgate.toml");
-    let config = config.to_str().unwrap();
-    let hmi = "spiffe://plant1/line1/hmi/hmi-01";
-    let out = ztgate(&[
+    ztgate(&[
         "explain",
         "--config",
-        config,
+        config.to_str().unwrap(),
         "--identity",
-        hmi,
+        identity,
         "--service",
-        "plc-line1",
+        service,
         "--modbus",
+        request,
+    ])
+}
+
+#[test]
+fn explain_names_the_rule_that_decides() {
+    let hmi = "spiffe://plant1/line1/hmi/hmi-01";
+    let out = explain(
+        hmi,
+        "plc-line1",
         "write_single_register unit=1 address=105 value=2000",
-    ]);
+    );
     assert_eq!(out.status.code(), Some(1));
     let stdout = text(&out.stdout);
     assert!(
@@ -119,45 +127,23 @@ fn explain_names_the_rule_that_decides() {
         "{stdout}"
     );
 
-    let out = ztgate(&[
-        "explain",
-        "--config",
-        config,
-        "--identity",
+    let out = explain(
         hmi,
-        "--service",
         "plc-line1",
-        "--modbus",
         "write_single_register unit=1 address=105 value=1200",
-    ]);
+    );
     assert!(out.status.success());
     assert!(text(&out.stdout).contains("ALLOW by rule \"operator-setpoints\""));
 
-    let out = ztgate(&[
-        "explain",
-        "--config",
-        config,
-        "--identity",
+    let out = explain(
         "historian-01",
-        "--service",
         "plc-line1",
-        "--modbus",
         "read_holding_registers address=0 quantity=126",
-    ]);
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stdout).contains("REFUSED before policy: quantity 126 outside 1..=125"));
 
-    let out = ztgate(&[
-        "explain",
-        "--config",
-        config,
-        "--identity",
-        hmi,
-        "--service",
-        "nope",
-        "--modbus",
-        "read_coils address=0",
-    ]);
+    let out = explain(hmi, "nope", "read_coils address=0");
     assert_eq!(out.status.code(), Some(64));
 }
 
@@ -249,4 +235,122 @@ fn run_refuses_a_bad_config_with_exit_64_before_binding() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// Polls (bounded) the audit file for an event of `kind`.
+fn wait_audit(path: &Path, kind: &str) -> serde_json::Value {
+    for _ in 0..500 {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            for line in text.lines() {
+                let v: serde_json::Value = serde_json::from_str(line).expect("audit JSON");
+                if v["event"] == kind {
+                    return v;
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("no {kind} event in {} within 5 s", path.display());
+}
+
+/// Kills the child on drop, so a failing test leaves no process behind.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &child.0.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_reloads_on_sighup_and_stops_on_sigterm() {
+    let plc = ztgate::demo::plc::Plc::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = ztgate::demo::DemoPki::create(dir.path()).unwrap();
+    shipped_policies_into(dir.path());
+    let config = repo().join("ztgate.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("certs/ca.pem", "ca.pem")
+        .replace("certs/gateway.pem", "gateway.pem")
+        .replace("certs/gateway.key", "gateway.key")
+        .replace("0.0.0.0:802", "127.0.0.1:0")
+        .replace("10.10.1.10:502", &plc.addr.to_string())
+        .replace("/var/log/ztgate/audit.jsonl", "audit.jsonl");
+    let config = dir.path().join("ztgate.toml");
+    std::fs::write(&config, text).unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let child = Child(
+        Command::new(BIN)
+            .args(["run", "--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "off")
+            .spawn()
+            .unwrap(),
+    );
+    // Readiness: the gateway_started event names the bound address.
+    let started = wait_audit(&audit, "gateway_started");
+    let addr: std::net::SocketAddr = started["listeners"][0]
+        .as_str()
+        .and_then(|l| l.split_once('='))
+        .and_then(|(_, a)| a.parse().ok())
+        .expect("listener address");
+    let mut hmi = ztgate::demo::client::connect_tls(addr, pki.client(&pki.hmi).unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        hmi.request(1, &[6, 0, 105, 0, 9]).await.unwrap(),
+        vec![6, 0, 105, 0, 9]
+    );
+
+    // Tighten the setpoint bounds and reload: the open session gets the new policy.
+    let line1 = dir.path().join("policies/line1.toml");
+    let policy = std::fs::read_to_string(&line1).unwrap();
+    std::fs::write(&line1, policy.replace("max = 1500", "max = 5")).unwrap();
+    signal(&child, "-HUP");
+    let reloaded = wait_audit(&audit, "policy_reloaded");
+    assert_eq!(reloaded["rules"], 5);
+    assert_eq!(
+        hmi.request(1, &[6, 0, 105, 0, 9]).await.unwrap(),
+        vec![0x86, 0x01]
+    );
+
+    // A broken policy is refused and the running one stays.
+    std::fs::write(&line1, "[[rule]]\nid = \"x\"\nbogus = 1\n").unwrap();
+    signal(&child, "-HUP");
+    let rejected = wait_audit(&audit, "policy_reload_rejected");
+    assert!(
+        rejected["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("line1.toml:3:1: unknown field `bogus`")
+    );
+    assert_eq!(
+        hmi.request(1, &[6, 0, 105, 0, 5]).await.unwrap(),
+        vec![6, 0, 105, 0, 5]
+    );
+
+    signal(&child, "-TERM");
+    let mut child = child;
+    let mut status = None;
+    for _ in 0..500 {
+        status = child.0.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let status = status.expect("ztgate exits within 5 s of SIGTERM");
+    assert!(status.success(), "{status:?}");
+    wait_audit(&audit, "gateway_stopping");
 }

@@ -129,10 +129,7 @@ async fn on_deny_reset_closes_the_connection() {
     };
     let env = Env::start(plc.addr, opts).await;
     let mut c = env.connect(HMI).await;
-    assert_eq!(
-        registers(&c.request(1, &[3, 0, 0, 0, 1]).await.unwrap()),
-        vec![0]
-    );
+    assert_eq!(read_register(&mut c, 0).await, 0);
     c.send(&adu(9, 1, &[6, 0, 5, 0, 1])).await.unwrap();
     assert!(
         matches!(c.read_frame().await, Ok(None) | Err(_)),
@@ -180,10 +177,7 @@ async fn rejects_handshakes_without_a_valid_client_certificate_and_audits_them()
     let mut ok = connect(env.addr, cfg(Some(&good)), Some("plc-line1"))
         .await
         .unwrap();
-    assert_eq!(
-        registers(&ok.request(1, &[3, 0, 7, 0, 1]).await.unwrap()),
-        vec![7]
-    );
+    assert_eq!(read_register(&mut ok, 7).await, 7);
 
     let rejected = env.audit().await;
     let reasons: Vec<String> = rejected
@@ -224,10 +218,7 @@ async fn a_listener_limited_to_tls13_refuses_tls12_and_tls12_works_elsewhere() {
         ztgate::demo::client::connect_tls(env12.addr, env12.pki.config(Some(&cert), only12), None)
             .await
             .expect("TLS 1.2 handshake (Modbus/TCP Security)");
-    assert_eq!(
-        registers(&c.request(1, &[3, 0, 1, 0, 1]).await.unwrap()),
-        vec![1]
-    );
+    assert_eq!(read_register(&mut c, 1).await, 1);
     let opened = env12.wait_event("session_opened", |_| true).await;
     assert_eq!(opened["tls_version"], "TLSv1_2");
 
@@ -302,10 +293,7 @@ async fn framing_errors_close_only_that_session() {
     let plc = plc().await;
     let env = Env::start(plc.addr, Options::default()).await;
     let mut survivor = env.connect(HMI).await;
-    assert_eq!(
-        registers(&survivor.request(1, &[3, 0, 0, 0, 1]).await.unwrap()),
-        vec![0]
-    );
+    assert_eq!(read_register(&mut survivor, 0).await, 0);
 
     let cases: &[(&str, Vec<u8>)] = &[
         ("protocol id 1", vec![0, 1, 0, 1, 0, 6, 1, 3, 0, 0, 0, 1]),
@@ -327,11 +315,7 @@ async fn framing_errors_close_only_that_session() {
             Ok(Some(f)) => panic!("{what}: got a frame {f:?} instead of a close"),
         }
         // Every other session keeps working.
-        assert_eq!(
-            registers(&survivor.request(1, &[3, 0, 2, 0, 1]).await.unwrap()),
-            vec![2],
-            "{what}"
-        );
+        assert_eq!(read_register(&mut survivor, 2).await, 2, "{what}");
     }
     // Each closed session's event may still be on its way.
     let framing = |e: &serde_json::Value| {
@@ -408,10 +392,7 @@ async fn shields_a_fragile_plc_stack_from_a_frame_that_crashes_its_decoder() {
             .unwrap()
             .expect("an exception, not a close");
         assert_eq!(&f[7..], &[0x8F, 0x03]);
-        assert_eq!(
-            registers(&c.request(1, &[3, 0, 9, 0, 1]).await.unwrap()),
-            vec![9]
-        );
+        assert_eq!(read_register(&mut c, 9).await, 9);
     }
 }
 
@@ -530,10 +511,7 @@ async fn upstream_connection_limit_answers_0x0a() {
     };
     let env = Env::start(plc.addr, opts).await;
     let mut first = env.connect(HMI).await;
-    assert_eq!(
-        registers(&first.request(1, &[3, 0, 0, 0, 1]).await.unwrap()),
-        vec![0]
-    );
+    assert_eq!(read_register(&mut first, 0).await, 0);
     let mut second = env.connect(HISTORIAN).await;
     let r = second.request(1, &[3, 0, 0, 0, 1]).await.unwrap();
     assert_eq!(exception(&r), Some(0x0A));
@@ -555,10 +533,7 @@ async fn a_unit_the_upstream_does_not_serve_answers_0x0a() {
     };
     let env = Env::start(plc.addr, opts).await;
     let mut c = env.connect("u").await;
-    assert_eq!(
-        registers(&c.request(1, &[3, 0, 0, 0, 1]).await.unwrap()),
-        vec![0]
-    );
+    assert_eq!(read_register(&mut c, 0).await, 0);
     assert_eq!(
         exception(&c.request(7, &[3, 0, 0, 0, 1]).await.unwrap()),
         Some(0x0A)
@@ -589,14 +564,8 @@ async fn reload_closes_revoked_session_and_applies_to_open_ones() {
     let env = Env::start(plc.addr, Options::default()).await;
     let mut hmi = env.connect(HMI).await;
     let mut historian = env.connect(HISTORIAN).await;
-    assert_eq!(
-        registers(&hmi.request(1, &[3, 0, 0, 0, 1]).await.unwrap()),
-        vec![0]
-    );
-    assert_eq!(
-        registers(&historian.request(1, &[3, 0, 0, 0, 1]).await.unwrap()),
-        vec![0]
-    );
+    assert_eq!(read_register(&mut hmi, 0).await, 0);
+    assert_eq!(read_register(&mut historian, 0).await, 0);
 
     // New policy: the historian keeps reading; operators lose the PLC entirely.
     let policy = "[roles]\nhistorian = \"\"\noperator = \"\"\n[[identity]]\nmatch = \"historian-01\"\nroles = [\"historian\"]\n[[identity]]\nmatch = \"spiffe://plant1/line1/hmi/*\"\nroles = [\"operator\"]\n[[rule]]\nid = \"h\"\nroles = [\"historian\"]\nservices = [\"plc-line1\"]\nmodbus = { functions = [3], addresses = [\"0-9\"] }\n";
@@ -617,10 +586,7 @@ async fn reload_closes_revoked_session_and_applies_to_open_ones() {
         hmi.request(1, &[3, 0, 0, 0, 1]).await.is_err(),
         "revoked session must be closed"
     );
-    assert_eq!(
-        registers(&historian.request(1, &[3, 0, 5, 0, 1]).await.unwrap()),
-        vec![5]
-    );
+    assert_eq!(read_register(&mut historian, 5).await, 5);
     // ...under the new rule: address 20 was allowed before, not any more.
     assert_eq!(
         exception(&historian.request(1, &[3, 0, 20, 0, 1]).await.unwrap()),
@@ -641,10 +607,7 @@ async fn per_identity_session_limit_refuses_the_extra_session() {
     };
     let env = Env::start(plc.addr, opts).await;
     let mut one = env.connect(HMI).await;
-    assert_eq!(
-        registers(&one.request(1, &[3, 0, 0, 0, 1]).await.unwrap()),
-        vec![0]
-    );
+    assert_eq!(read_register(&mut one, 0).await, 0);
     let mut two = env.connect(HMI).await;
     assert!(two.request(1, &[3, 0, 0, 0, 1]).await.is_err());
     let d = env.wait_event("session_denied", |_| true).await;
@@ -656,10 +619,7 @@ async fn per_identity_session_limit_refuses_the_extra_session() {
     );
     // Another identity is not affected.
     let mut other = env.connect(HISTORIAN).await;
-    assert_eq!(
-        registers(&other.request(1, &[3, 0, 0, 0, 1]).await.unwrap()),
-        vec![0]
-    );
+    assert_eq!(read_register(&mut other, 0).await, 0);
 }
 
 #[tokio::test]
@@ -692,14 +652,8 @@ async fn max_sessions_refuses_connections_beyond_the_limit() {
     let env = Env::start(plc.addr, opts).await;
     let mut a = env.connect(HMI).await;
     let mut b = env.connect(HISTORIAN).await;
-    assert_eq!(
-        registers(&a.request(1, &[3, 0, 0, 0, 1]).await.unwrap()),
-        vec![0]
-    );
-    assert_eq!(
-        registers(&b.request(1, &[3, 0, 0, 0, 1]).await.unwrap()),
-        vec![0]
-    );
+    assert_eq!(read_register(&mut a, 0).await, 0);
+    assert_eq!(read_register(&mut b, 0).await, 0);
     let third = env.try_connect(ENGINEER).await;
     let refused = match third {
         Err(_) => true,
@@ -716,10 +670,7 @@ async fn max_sessions_refuses_connections_beyond_the_limit() {
     drop(a);
     env.wait_event("session_closed", |_| true).await;
     let mut c = env.connect(ENGINEER).await;
-    assert_eq!(
-        registers(&c.request(1, &[3, 0, 0, 0, 1]).await.unwrap()),
-        vec![0]
-    );
+    assert_eq!(read_register(&mut c, 0).await, 0);
 }
 
 #[tokio::test]
@@ -731,10 +682,7 @@ async fn an_idle_session_is_closed_after_the_idle_timeout() {
     };
     let env = Env::start(plc.addr, opts).await;
     let mut c = env.connect(HMI).await;
-    assert_eq!(
-        registers(&c.request(1, &[3, 0, 0, 0, 1]).await.unwrap()),
-        vec![0]
-    );
+    assert_eq!(read_register(&mut c, 0).await, 0);
     assert!(matches!(c.read_frame().await, Ok(None) | Err(_)));
     let closed = env.wait_event("session_closed", |_| true).await;
     assert_eq!(closed["reason"]["kind"], "idle_timeout");
@@ -827,10 +775,7 @@ async fn a_modbus_tcp_security_client_gets_tls12_with_ecdhe_ecdsa_aes128_gcm_sha
         .expect("handshake with the Modbus/TCP Security suite");
     assert_eq!(tls.get_ref().1.negotiated_cipher_suite(), Some(suite));
     let mut c = ztgate::demo::client::ModbusClient::new(tls);
-    assert_eq!(
-        registers(&c.request(1, &[3, 0, 4, 0, 1]).await.unwrap()),
-        vec![4]
-    );
+    assert_eq!(read_register(&mut c, 4).await, 4);
 }
 
 /// A device that answers each request twice: the right answer, then the same bytes again a
@@ -906,10 +851,7 @@ async fn an_idle_upstream_connection_is_released_and_reopened_on_demand() {
     };
     let env = Env::start(plc.addr, opts).await;
     let mut a = env.connect(HMI).await;
-    assert_eq!(
-        registers(&a.request(1, &[3, 0, 0, 0, 1]).await.unwrap()),
-        vec![0]
-    );
+    assert_eq!(read_register(&mut a, 0).await, 0);
     // The only upstream slot is free again once a's connection has idled out, while a stays.
     let mut b = env.connect(HISTORIAN).await;
     let mut served = false;
@@ -952,10 +894,7 @@ async fn an_allowed_unit_0_write_is_forwarded_and_a_silent_broadcast_keeps_the_c
         c.request(0, &[6, 0, 50, 0, 77]).await.unwrap(),
         vec![6, 0, 50, 0, 77]
     );
-    assert_eq!(
-        registers(&c.request(1, &[3, 0, 50, 0, 1]).await.unwrap()),
-        vec![77]
-    );
+    assert_eq!(read_register(&mut c, 50).await, 77);
     let w = env.wait_event("write_allowed", |_| true).await;
     assert_eq!(w["request"]["unit"], 0);
 

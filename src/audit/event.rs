@@ -72,6 +72,16 @@ pub enum AuditEvent {
         rules: usize,
     },
     GatewayStopping,
+    /// A reload (SIGHUP) swapped in a new policy; open sessions apply it on their next frame.
+    PolicyReloaded {
+        config: String,
+        rules: usize,
+    },
+    /// A reload found errors: the running policy stays.
+    PolicyReloadRejected {
+        config: String,
+        errors: Vec<String>,
+    },
     /// TLS handshake, SNI or certificate identity failed: no session.
     TlsRejected {
         peer: SocketAddr,

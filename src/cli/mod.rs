@@ -6,6 +6,7 @@
 mod ca;
 pub mod explain;
 
+use crate::audit::AuditEvent;
 use crate::config::Config;
 use crate::gateway::Gateway;
 use clap::{Parser, Subcommand};
@@ -244,14 +245,24 @@ async fn serve_until_signal(gateway: &Gateway, path: &Path) -> std::io::Result<(
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
-            _ = hup.recv() => match Config::load(path) {
-                Ok(config) => {
-                    let rules = config.policy.rules.len();
-                    gateway.reload_policy(crate::policy::Policy::compile(config.policy));
-                    tracing::info!(rules, "policy reloaded (listeners and services need a restart)");
+            _ = hup.recv() => {
+                let source = path.display().to_string();
+                match Config::load(path) {
+                    Ok(config) => {
+                        let rules = config.policy.rules.len();
+                        gateway.reload_policy(crate::policy::Policy::compile(config.policy));
+                        tracing::info!(rules, "policy reloaded (listeners and services need a restart)");
+                        gateway.audit().emit(AuditEvent::PolicyReloaded { config: source, rules });
+                    }
+                    Err(errors) => {
+                        tracing::error!(%errors, "reload refused: keeping the running policy");
+                        gateway.audit().emit(AuditEvent::PolicyReloadRejected {
+                            config: source,
+                            errors: errors.0.iter().map(ToString::to_string).collect(),
+                        });
+                    }
                 }
-                Err(errors) => tracing::error!(%errors, "reload refused: keeping the running policy"),
-            },
+            }
         }
     }
 }

@@ -256,6 +256,19 @@ pub fn exception(pdu: &[u8]) -> Option<u8> {
     }
 }
 
+/// Reads one holding register through the gateway (FC3, unit 1) and returns its value.
+pub async fn read_register<S>(c: &mut ModbusClient<S>, address: u16) -> u16
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let [hi, lo] = address.to_be_bytes();
+    let r = c.request(1, &[3, hi, lo, 0, 1]).await.expect("response");
+    match registers(&r).as_slice() {
+        [v] => *v,
+        other => panic!("expected one register, got {other:?}"),
+    }
+}
+
 /// Register values of an FC3/FC4 response PDU.
 pub fn registers(pdu: &[u8]) -> Vec<u16> {
     match pdu {
