@@ -83,7 +83,7 @@ fn check_request(frame: &[u8]) {
                 ),
                 "{violation} answered with {code:?}"
             );
-            assert!(code.code() == 0x02 || code.code() == 0x03);
+            assert!(matches!(code.code(), 0x01..=0x03));
             // The refusal the gateway sends must itself be a valid response to the request.
             let refusal = exception_response(&header, function, code);
             assert_eq!(refusal.len(), EXCEPTION_LEN);
