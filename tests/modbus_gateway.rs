@@ -1018,3 +1018,22 @@ async fn handshakes_in_progress_cannot_take_the_verified_sessions_slots() {
         vec![0]
     );
 }
+
+#[tokio::test]
+async fn a_session_ends_when_its_client_certificate_expires() {
+    let plc = plc().await;
+    let env = Env::start(plc.addr, Options::default()).await;
+    // Valid for two more seconds.
+    let mut spec = ztgate::pki::CertSpec::new("c", 1).with_uri(HMI);
+    spec.not_after = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
+    let cert = env.pki.ca.issue_client(&spec).unwrap();
+    let mut c =
+        ztgate::demo::client::connect_tls(env.addr, env.pki.config(Some(&cert), BOTH), None)
+            .await
+            .unwrap();
+    assert_eq!(read_register(&mut c, 3).await, 3);
+    // The gateway closes the session at expiry, within the client's 10 s wait.
+    assert!(matches!(c.read_frame().await, Ok(None) | Err(_)));
+    let closed = env.wait_event("session_closed", |_| true).await;
+    assert_eq!(closed["reason"]["kind"], "certificate_expired");
+}

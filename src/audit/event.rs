@@ -54,6 +54,8 @@ pub enum CloseReason {
     DeniedReset,
     /// A policy reload took the identity's access to the service away.
     AccessRevoked,
+    /// The client certificate expired while the session was open.
+    CertificateExpired,
     ClientError {
         detail: String,
     },

@@ -117,6 +117,12 @@ where
     // nothing due), so the per-request hot path does not touch the timer wheel.
     let timer = tokio::time::sleep_until(last_activity + ctx.idle_timeout);
     tokio::pin!(timer);
+    // The handshake checked the certificate's validity once; a session must not outlive it.
+    let certificate_expires = {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let left = u64::try_from(ctx.identity.not_after.saturating_sub(now)).unwrap_or(0);
+        last_activity + std::time::Duration::from_secs(left)
+    };
 
     loop {
         // The nearest deadline: a device that must answer, a frame that must finish, an idle
@@ -126,6 +132,7 @@ where
             partial_since.map(|t| t + ctx.frame_timeout),
             relay.upstream_idle_deadline(),
             Some(last_activity + ctx.idle_timeout),
+            Some(certificate_expires),
         ]
         .into_iter()
         .flatten()
@@ -175,6 +182,9 @@ where
                 let now = Instant::now();
                 // Re-armed at the top of the loop to whatever is due next.
                 timer.as_mut().reset(now + ctx.idle_timeout);
+                if certificate_expires <= now {
+                    return CloseReason::CertificateExpired;
+                }
                 if relay.next_response_deadline().is_some_and(|d| d <= now) {
                     relay.response_timeout(now);
                 } else if partial_since.is_some_and(|t| t + ctx.frame_timeout <= now) {
