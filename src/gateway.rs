@@ -28,6 +28,8 @@ pub struct Shared {
     /// Upstream connection slots, per service.
     pub upstream_slots: Vec<Arc<Semaphore>>,
     pub shutdown: watch::Receiver<bool>,
+    /// Failure counting for the quarantine, when the firewall is enforced.
+    pub quarantine: Option<crate::firewall::quarantine::Tracker>,
     server_names: HashMap<String, ServiceId>,
     sessions: AtomicUsize,
     handshakes: AtomicUsize,
@@ -178,6 +180,13 @@ impl Gateway {
             listeners: addresses.iter().map(|(n, a)| format!("{n}={a}")).collect(),
             rules: policy.model().rules.len(),
         });
+        let quarantine = config
+            .firewall
+            .as_ref()
+            .filter(|f| f.enforce && f.quarantine_after > 0)
+            .map(|f| {
+                crate::firewall::quarantine::Tracker::new(f.quarantine_after, f.quarantine_window)
+            });
         let shared = Arc::new(Shared {
             services: config.services.iter().cloned().map(Arc::new).collect(),
             upstream_slots: config
@@ -189,6 +198,7 @@ impl Gateway {
             policy: Arc::new(ArcSwap::from_pointee(policy)),
             audit,
             shutdown: shutdown_rx.clone(),
+            quarantine,
             server_names,
             sessions: AtomicUsize::new(0),
             handshakes: AtomicUsize::new(0),

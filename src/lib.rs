@@ -15,6 +15,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod firewall;
 pub mod gateway;
 pub mod identity;
 pub mod listener;

@@ -280,8 +280,13 @@ async fn run_serves_reloads_on_sighup_and_stops_on_sigterm() {
     let pki = ztgate::demo::DemoPki::create(dir.path()).unwrap();
     shipped_policies_into(dir.path());
     let config = repo().join("ztgate.toml");
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
+    // Without the [firewall] part: this test runs on the host, whose firewall is not ours.
+    let shipped = std::fs::read_to_string(&config).unwrap();
+    let (without_firewall, _) = shipped
+        .split_once("# --- Segmentation")
+        .expect("the shipped config has its segmentation part at the end");
+    let text = without_firewall
+        .replace("zones = [\"it\"]", "")
         .replace("certs/ca.pem", "ca.pem")
         .replace("certs/gateway.pem", "gateway.pem")
         .replace("certs/gateway.key", "gateway.key")
@@ -353,4 +358,54 @@ async fn run_serves_reloads_on_sighup_and_stops_on_sigterm() {
     let status = status.expect("ztgate exits within 5 s of SIGTERM");
     assert!(status.success(), "{status:?}");
     wait_audit(&audit, "gateway_stopping");
+}
+
+#[test]
+fn run_refuses_to_start_when_the_enforced_firewall_cannot_be_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(repo().join("ztgate.toml"), dir.path().join("ztgate.toml")).unwrap();
+    shipped_policies_into(dir.path());
+    // No nft on the PATH: the shipped config enforces its firewall, so ztgate must not start.
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            "--config",
+            dir.path().join("ztgate.toml").to_str().unwrap(),
+        ])
+        .env("PATH", dir.path())
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("ztgate runs");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("`nft` not found: install the nftables package"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("not starting"), "{stderr}");
+}
+
+#[test]
+fn firewall_show_prints_the_ruleset_without_root() {
+    let config = repo().join("ztgate.toml");
+    let out = ztgate(&[
+        "firewall",
+        "show",
+        "--config",
+        config.to_str().unwrap(),
+        "--nft",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let expected =
+        std::fs::read_to_string(repo().join("tests/fixtures/firewall/example.nft")).unwrap();
+    assert_eq!(text(&out.stdout), expected);
+    let out = ztgate(&[
+        "firewall",
+        "show",
+        "--config",
+        config.to_str().unwrap(),
+        "--json",
+    ]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(json["nftables"][1]["delete"]["table"]["name"], "ztgate");
 }

@@ -193,6 +193,19 @@ pub enum AuditEvent {
         upstream: String,
         reason: String,
     },
+    /// A source failed the TLS handshake or identity check `failures` times within the
+    /// quarantine window: its packets are dropped for `seconds` (absent `error`).
+    SourceQuarantined {
+        address: std::net::IpAddr,
+        failures: u32,
+        seconds: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// The firewall ruleset was applied (at start or on reload) and read back as planned.
+    FirewallApplied {
+        rules: usize,
+    },
     /// Events lost because the audit queue was full.
     AuditGap {
         dropped: u64,

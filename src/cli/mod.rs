@@ -5,9 +5,12 @@
 
 mod ca;
 pub mod explain;
+mod firewall;
 
 use crate::audit::AuditEvent;
 use crate::config::Config;
+use crate::firewall::Plan;
+use crate::firewall::nft::Nft;
 use crate::gateway::Gateway;
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -60,6 +63,9 @@ pub enum Command {
     /// Make certificates: a CA, the gateway's certificate, device and user certificates.
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// The nftables ruleset between the zones: show, apply, remove, status, quarantine.
+    #[command(subcommand)]
+    Firewall(firewall::FirewallCommand),
     /// Serve only the simulated PLC (for scripts/bench-load.sh): prints `READY <addr>` once
     /// bound, serves until SIGTERM/SIGINT or the end of stdin.
     SimPlc {
@@ -125,6 +131,7 @@ pub fn main(cli: Cli) -> ExitCode {
             }
         }
         Command::Ca(command) => ca::main(command),
+        Command::Firewall(command) => firewall::main(command),
         Command::SimPlc { bind } => match runtime().map(|rt| rt.block_on(sim_plc(bind))) {
             Ok(Ok(())) => ExitCode::SUCCESS,
             Ok(Err(e)) | Err(e) => {
@@ -208,6 +215,20 @@ fn run(path: &Path) -> ExitCode {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
+    // Fail closed from the first packet: the firewall is in place before any listener opens,
+    // and a gateway that cannot put it in place does not start.
+    let firewall = enforced_plan(&config);
+    if let Some(plan) = &firewall {
+        if let Err(e) = Nft::default().apply(plan) {
+            eprintln!("ztgate: firewall: {e}");
+            eprintln!(
+                "ztgate: not starting: [firewall] enforce = true and the ruleset is not in place"
+            );
+            return ExitCode::from(1);
+        }
+        tracing::info!(rules = plan.rules.len(), "firewall applied and verified");
+    }
+    let keep_on_exit = config.firewall.as_ref().is_none_or(|f| f.keep_on_exit);
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -223,8 +244,19 @@ fn run(path: &Path) -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             }
         };
+        if let Some(plan) = &firewall {
+            gateway.audit().emit(AuditEvent::FirewallApplied {
+                rules: plan.rules.len(),
+            });
+        }
         let result = serve_until_signal(&gateway, path).await;
         gateway.shutdown().await;
+        if firewall.is_some() && !keep_on_exit {
+            match Nft::default().remove() {
+                Ok(_) => tracing::info!("firewall table removed (keep_on_exit = false)"),
+                Err(e) => eprintln!("ztgate: firewall: {e}"),
+            }
+        }
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -233,6 +265,15 @@ fn run(path: &Path) -> ExitCode {
             }
         }
     })
+}
+
+/// The ruleset to put in place, when the configuration enforces one.
+fn enforced_plan(config: &Config) -> Option<Plan> {
+    config
+        .firewall
+        .as_ref()
+        .filter(|f| f.enforce)
+        .and_then(|_| Plan::from_config(config))
 }
 
 /// Serves until SIGINT/SIGTERM; SIGHUP reloads the policy (a bad policy keeps the old one).
@@ -249,6 +290,19 @@ async fn serve_until_signal(gateway: &Gateway, path: &Path) -> std::io::Result<(
                 let source = path.display().to_string();
                 match Config::load(path) {
                     Ok(config) => {
+                        // Zones, listeners and services may have changed: re-apply (atomic, and
+                        // the quarantine set is kept). A ruleset that fails keeps the old one.
+                        if let Some(plan) = enforced_plan(&config) {
+                            let applied = tokio::task::spawn_blocking(move || {
+                                Nft::default().apply(&plan).map(|()| plan.rules.len())
+                            })
+                            .await;
+                            match applied {
+                                Ok(Ok(rules)) => gateway.audit().emit(AuditEvent::FirewallApplied { rules }),
+                                Ok(Err(e)) => tracing::error!(error = %e, "firewall not re-applied: the previous ruleset stays"),
+                                Err(e) => tracing::error!(error = %e, "firewall re-apply task failed"),
+                            }
+                        }
                         let rules = config.policy.rules.len();
                         gateway.reload_policy(crate::policy::Policy::compile(config.policy));
                         tracing::info!(rules, "policy reloaded (listeners and services need a restart)");

@@ -101,6 +101,18 @@ impl Config {
             }
         }
 
+        let zones = c.zones(main, &raw.zones);
+        let zone_ref = |c: &mut Compiler, z: &Spanned<String>| {
+            let i = zones.iter().position(|x| x.name == *z.get_ref());
+            if i.is_none() {
+                c.err(
+                    main,
+                    z.span(),
+                    format!("zone \"{}\" is not defined", z.get_ref()),
+                );
+            }
+            i
+        };
         let mut listeners = Vec::new();
         for l in &raw.listeners {
             if listeners
@@ -165,11 +177,28 @@ impl Config {
                 }
                 id
             });
+            let listener_zones = match &l.zones {
+                Some(list) => list.iter().filter_map(|z| zone_ref(&mut c, z)).collect(),
+                None => {
+                    if !zones.is_empty() {
+                        c.err(
+                            main,
+                            l.name.span(),
+                            format!(
+                                "listener \"{}\" names no zones: with [[zone]]s defined, say which zones may connect (zones = [\"it\"])",
+                                l.name.get_ref()
+                            ),
+                        );
+                    }
+                    Vec::new()
+                }
+            };
             listeners.push(Listener {
                 name: l.name.get_ref().clone(),
                 bind,
                 tls_versions,
                 default_service,
+                zones: listener_zones,
             });
         }
         if raw.listeners.is_empty() {
@@ -213,6 +242,37 @@ impl Config {
             ),
         };
 
+        // Upstreams must lie in a zone, so the firewall can let the gateway (and only the
+        // gateway) reach them.
+        if !zones.is_empty() {
+            for (s, raw_s) in services.iter().zip(&raw.services) {
+                match s.upstream.parse::<SocketAddr>() {
+                    Ok(a) if zones.iter().any(|z| z.contains(a.ip())) => {}
+                    Ok(a) => c.err(
+                        main,
+                        raw_s.upstream.span(),
+                        format!(
+                            "upstream {} of service \"{}\" lies in no zone's networks",
+                            a.ip(),
+                            s.name
+                        ),
+                    ),
+                    Err(_) => c.err(
+                        main,
+                        raw_s.upstream.span(),
+                        format!(
+                            "upstream \"{}\" must be an IP address and port when [[zone]]s are defined (the firewall allows addresses, not names)",
+                            s.upstream
+                        ),
+                    ),
+                }
+            }
+        }
+        let firewall = raw
+            .firewall
+            .as_ref()
+            .map(|f| c.firewall(main, f, &zones, &zone_ref));
+
         let audit = AuditSettings {
             file: raw.audit.file.as_ref().map(path),
             stdout: raw.audit.stdout,
@@ -243,6 +303,8 @@ impl Config {
                 limits,
                 audit,
                 policy,
+                zones,
+                firewall,
                 warnings: c.warnings,
             });
         }
@@ -458,6 +520,194 @@ impl Compiler {
             }
         }
         RangeSet::new(out)
+    }
+
+    fn zones(&mut self, file: &SourceFile, raw: &[raw::RawZone]) -> Vec<Zone> {
+        let mut zones: Vec<Zone> = Vec::new();
+        for z in raw {
+            if zones.iter().any(|x| x.name == *z.name.get_ref()) {
+                self.err(
+                    file,
+                    z.name.span(),
+                    format!("duplicate zone \"{}\"", z.name.get_ref()),
+                );
+            }
+            let mut interfaces = Vec::new();
+            for i in &z.interfaces {
+                let name = i.get_ref();
+                // IFNAMSIZ is 16 with the NUL; nft quotes the name, so no quotes inside.
+                let ok = !name.is_empty()
+                    && name.len() <= 15
+                    && name.chars().all(|c| {
+                        c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@' | '*')
+                    });
+                if ok {
+                    interfaces.push(name.clone());
+                } else {
+                    self.err(
+                        file,
+                        i.span(),
+                        format!("interface name \"{name}\" is not a Linux interface name (1-15 of a-z, 0-9, -_.@, or a trailing *)"),
+                    );
+                }
+            }
+            let mut networks = Vec::new();
+            for n in &z.networks {
+                match n.get_ref().parse::<ipnet::IpNet>() {
+                    Ok(net) if net.trunc() == net => networks.push(net),
+                    Ok(net) => self.err(
+                        file,
+                        n.span(),
+                        format!(
+                            "network \"{net}\" has host bits set (did you mean {}?)",
+                            net.trunc()
+                        ),
+                    ),
+                    Err(_) => self.err(
+                        file,
+                        n.span(),
+                        format!(
+                            "network \"{}\" is not a CIDR (e.g. \"10.10.1.0/24\" or \"fd00::/64\")",
+                            n.get_ref()
+                        ),
+                    ),
+                }
+            }
+            if z.interfaces.is_empty() && z.networks.is_empty() {
+                self.err(
+                    file,
+                    z.name.span(),
+                    format!(
+                        "zone \"{}\" has neither interfaces nor networks",
+                        z.name.get_ref()
+                    ),
+                );
+            }
+            zones.push(Zone {
+                name: z.name.get_ref().clone(),
+                interfaces,
+                networks,
+                protected: z.protected,
+                management: z.management,
+            });
+        }
+        zones
+    }
+
+    fn firewall(
+        &mut self,
+        file: &SourceFile,
+        f: &raw::RawFirewall,
+        zones: &[Zone],
+        zone_ref: &impl Fn(&mut Compiler, &Spanned<String>) -> Option<usize>,
+    ) -> FirewallSettings {
+        if zones.is_empty() {
+            self.errors.push(file.error(
+                0..0,
+                "[firewall] needs [[zone]]s: the ruleset is built from them",
+            ));
+        }
+        let log_prefix = f
+            .log_prefix
+            .as_ref()
+            .map_or_else(|| "ztgate drop ".to_string(), |p| p.get_ref().clone());
+        if let Some(p) = &f.log_prefix
+            && (p.get_ref().len() > 20 || p.get_ref().contains(['"', '\\', '\n']))
+        {
+            // The kernel's log prefix holds 127 bytes; nft's own " input" suffix and readability say keep it short.
+            self.err(
+                file,
+                p.span(),
+                "log_prefix must be at most 20 characters, without quotes or backslashes",
+            );
+        }
+        let mut allow = Vec::new();
+        for a in &f.allow {
+            let port = match u16::try_from(*a.port.get_ref()) {
+                Ok(p) if p > 0 => p,
+                _ => {
+                    self.err(
+                        file,
+                        a.port.span(),
+                        format!("port {} outside 1..=65535", a.port.get_ref()),
+                    );
+                    0
+                }
+            };
+            let protocol = match a
+                .protocol
+                .as_ref()
+                .map(|p| (p.get_ref().as_str(), p.span()))
+            {
+                None | Some(("tcp", _)) => L4::Tcp,
+                Some(("udp", _)) => L4::Udp,
+                Some((other, span)) => {
+                    self.err(
+                        file,
+                        span,
+                        format!("protocol \"{other}\" must be \"tcp\" or \"udp\""),
+                    );
+                    L4::Tcp
+                }
+            };
+            let allow_zones: Vec<usize> = match &a.zones {
+                Some(list) => list.iter().filter_map(|z| zone_ref(self, z)).collect(),
+                None => zones
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, z)| z.management)
+                    .map(|(i, _)| i)
+                    .collect(),
+            };
+            if allow_zones.is_empty() && a.zones.is_none() {
+                self.err(
+                    file,
+                    a.name.span(),
+                    format!(
+                        "allow \"{}\" names no zones and no zone is a management zone: it would be unreachable",
+                        a.name.get_ref()
+                    ),
+                );
+            }
+            allow.push(AllowedService {
+                name: a.name.get_ref().clone(),
+                port,
+                protocol,
+                zones: allow_zones,
+            });
+        }
+        let quarantine_after = self.count(
+            file,
+            "quarantine_after",
+            f.quarantine_after.as_ref(),
+            5,
+            0..=1000,
+        );
+        FirewallSettings {
+            enforce: f.enforce.unwrap_or(true),
+            keep_on_exit: f.keep_on_exit.unwrap_or(true),
+            log_prefix,
+            log_rate: u32::try_from(self.count(
+                file,
+                "log_rate",
+                f.log_rate.as_ref(),
+                10,
+                1..=10_000,
+            ))
+            .unwrap_or(10),
+            quarantine_after: u32::try_from(quarantine_after).unwrap_or(5),
+            quarantine_window: self.duration(
+                file,
+                f.quarantine_window.as_ref(),
+                Duration::from_secs(60),
+            ),
+            quarantine_time: self.duration(
+                file,
+                f.quarantine_time.as_ref(),
+                Duration::from_secs(600),
+            ),
+            allow,
+        }
     }
 
     fn service(&mut self, file: &SourceFile, s: &raw::RawService) -> Service {

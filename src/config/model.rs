@@ -15,6 +15,9 @@ pub struct Config {
     pub limits: Limits,
     pub audit: AuditSettings,
     pub policy: PolicyModel,
+    pub zones: Vec<Zone>,
+    /// `None` without a `[firewall]` table: ztgate leaves the host firewall alone.
+    pub firewall: Option<FirewallSettings>,
     /// Things that load but are probably mistakes (`ztgate check` prints them).
     pub warnings: Vec<String>,
 }
@@ -57,6 +60,54 @@ pub struct Listener {
     pub tls_versions: TlsVersions,
     /// For clients that send no SNI (Modbus/TCP Security clients often don't).
     pub default_service: Option<ServiceId>,
+    /// Zones whose clients may connect (indices into [`Config::zones`]).
+    pub zones: Vec<usize>,
+}
+
+/// A network the gateway has a leg in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Zone {
+    pub name: String,
+    pub interfaces: Vec<String>,
+    pub networks: Vec<ipnet::IpNet>,
+    /// OT: connections into it only to declared upstreams.
+    pub protected: bool,
+    /// Management: `[[firewall.allow]]` services are reachable from it.
+    pub management: bool,
+}
+
+impl Zone {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        self.networks.iter().any(|n| n.contains(&ip))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct FirewallSettings {
+    pub enforce: bool,
+    pub keep_on_exit: bool,
+    pub log_prefix: String,
+    pub log_rate: u32,
+    /// 0: quarantine off.
+    pub quarantine_after: u32,
+    pub quarantine_window: Duration,
+    pub quarantine_time: Duration,
+    pub allow: Vec<AllowedService>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L4 {
+    Tcp,
+    Udp,
+}
+
+#[derive(Clone, Debug)]
+pub struct AllowedService {
+    pub name: String,
+    pub port: u16,
+    pub protocol: L4,
+    /// Indices into [`Config::zones`].
+    pub zones: Vec<usize>,
 }
 
 /// Index of a service in [`Config::services`].

@@ -21,6 +21,57 @@ pub struct RawConfig {
     pub audit: RawAudit,
     #[serde(default)]
     pub policy: RawPolicyDir,
+    #[serde(default, rename = "zone")]
+    pub zones: Vec<RawZone>,
+    pub firewall: Option<RawFirewall>,
+}
+
+/// A network the gateway has a leg in.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawZone {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub interfaces: Vec<Spanned<String>>,
+    /// CIDRs, IPv4 and IPv6.
+    #[serde(default)]
+    pub networks: Vec<Spanned<String>>,
+    /// An OT zone: the gateway may open connections into it only to declared upstreams.
+    #[serde(default)]
+    pub protected: bool,
+    /// A management zone: `[[firewall.allow]]` services (e.g. SSH) are reachable from it.
+    #[serde(default)]
+    pub management: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFirewall {
+    /// Apply the ruleset at start and refuse to start when it cannot be applied.
+    pub enforce: Option<bool>,
+    /// Leave the table in place when the daemon exits (fail closed).
+    pub keep_on_exit: Option<bool>,
+    pub log_prefix: Option<Spanned<String>>,
+    /// Log lines per second for dropped packets.
+    pub log_rate: Option<Spanned<i64>>,
+    /// Handshake or identity failures from one address within `quarantine_window` that put it
+    /// into the quarantine set; 0 disables quarantine.
+    pub quarantine_after: Option<Spanned<i64>>,
+    pub quarantine_window: Option<Spanned<String>>,
+    pub quarantine_time: Option<Spanned<String>>,
+    #[serde(default)]
+    pub allow: Vec<RawAllow>,
+}
+
+/// A service on the gateway itself (e.g. SSH) reachable from the management zones.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAllow {
+    pub name: Spanned<String>,
+    pub port: Spanned<i64>,
+    pub protocol: Option<Spanned<String>>,
+    /// Default: every management zone.
+    pub zones: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -52,6 +103,8 @@ pub struct RawListener {
     pub bind: Spanned<String>,
     pub tls_versions: Option<Spanned<Vec<String>>>,
     pub default_service: Option<Spanned<String>>,
+    /// Zones whose clients may connect (with `[[zone]]`s defined: required).
+    pub zones: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -49,7 +49,11 @@ pub fn example_config(dir: &Path, plc: SocketAddr) -> Result<Config, crate::conf
     raw.tls.key = here(dir.join("gateway.key").display().to_string());
     for l in &mut raw.listeners {
         l.bind = here("127.0.0.1:0".to_string());
+        l.zones = None;
     }
+    // The demo runs without root and must never touch the host's firewall.
+    raw.zones.clear();
+    raw.firewall = None;
     for s in &mut raw.services {
         s.upstream = here(plc.to_string());
     }

@@ -46,6 +46,37 @@ pub async fn serve(shared: Arc<Shared>, bound: BoundListener, mut shutdown: watc
     }
 }
 
+/// Counts a failure from `source`; at the threshold, puts the source into the firewall's
+/// quarantine set (off the runtime: it runs nft) and audits it.
+fn quarantine_failure(shared: &Arc<Shared>, source: std::net::IpAddr) {
+    let Some(tracker) = &shared.quarantine else {
+        return;
+    };
+    let Some(failures) = tracker.failure(source, std::time::Instant::now()) else {
+        return;
+    };
+    let seconds = shared.config.firewall.as_ref().map_or(600, |f| {
+        u32::try_from(f.quarantine_time.as_secs()).unwrap_or(u32::MAX)
+    });
+    let audit = shared.audit.clone();
+    tokio::task::spawn_blocking(move || {
+        let error = crate::firewall::nft::Nft::default()
+            .quarantine_add(source, seconds)
+            .err()
+            .map(|e| e.to_string());
+        match &error {
+            None => tracing::warn!(%source, failures, seconds, "source quarantined"),
+            Some(e) => tracing::error!(%source, error = %e, "quarantine failed"),
+        }
+        audit.emit(AuditEvent::SourceQuarantined {
+            address: source,
+            failures,
+            seconds,
+            error,
+        });
+    });
+}
+
 /// Decrements the handshake counter when the handshake ends, however it ends.
 struct HandshakeGuard {
     shared: Arc<Shared>,
@@ -84,6 +115,11 @@ async fn connection(
             sni,
             reason,
         });
+    };
+    // A handshake or identity failure counts towards the source's quarantine.
+    let failed = |sni: Option<String>, reason: String| {
+        reject(sni, reason);
+        quarantine_failure(&shared, peer.ip());
     };
     // Unauthenticated peers have their own, smaller budget: they cannot take the slots of
     // verified sessions.
@@ -130,8 +166,8 @@ async fn connection(
     let (tls, sni, service_id) =
         match tokio::time::timeout(shared.config.tls.handshake_timeout, handshake).await {
             Ok(Ok(done)) => done,
-            Ok(Err((sni, reason))) => return reject(sni, reason),
-            Err(_) => return reject(None, "TLS handshake timed out".to_string()),
+            Ok(Err((sni, reason))) => return failed(sni, reason),
+            Err(_) => return failed(None, "TLS handshake timed out".to_string()),
         };
     drop(handshake_guard);
 
@@ -141,11 +177,11 @@ async fn connection(
         .map(|v| format!("{v:?}"))
         .unwrap_or_default();
     let Some(cert) = conn.peer_certificates().and_then(|c| c.first()) else {
-        return reject(sni, "no client certificate".to_string());
+        return failed(sni, "no client certificate".to_string());
     };
     let identity = match Identity::from_certificate(cert) {
         Ok(identity) => identity,
-        Err(e) => return reject(sni, e.to_string()),
+        Err(e) => return failed(sni, e.to_string()),
     };
     admit(
         shared.clone(),
