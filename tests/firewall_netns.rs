@@ -120,11 +120,11 @@ file = "audit.jsonl"
 [[zone]]
 name = "it"
 interfaces = ["it0"]
-networks = ["{it_net}"]
+networks = ["{it_net}", "{it_net6}"]
 [[zone]]
 name = "ot"
 interfaces = ["ot0"]
-networks = ["{ot_net}"]
+networks = ["{ot_net}", "{ot_net6}"]
 protected = true
 [firewall]
 quarantine_after = {quarantine_after}
@@ -135,6 +135,8 @@ quarantine_time = "10m"
                 ot = t.ot_addr,
                 it_net = ipnet::Ipv4Net::new(t.it_addr, 24).unwrap().trunc(),
                 ot_net = ipnet::Ipv4Net::new(t.ot_addr, 24).unwrap().trunc(),
+                it_net6 = ipnet::Ipv6Net::new(t.it_addr6, 64).unwrap().trunc(),
+                ot_net6 = ipnet::Ipv6Net::new(t.ot_addr6, 64).unwrap().trunc(),
             ),
         )
         .unwrap();
@@ -202,6 +204,10 @@ fn direct(t: &Topology) -> std::io::Result<std::net::TcpStream> {
     t.it.connect(SocketAddr::from((t.ot_addr, 502)), DROPPED)
 }
 
+fn direct6(t: &Topology) -> std::io::Result<std::net::TcpStream> {
+    t.it.connect(SocketAddr::from((t.ot_addr6, 502)), DROPPED)
+}
+
 fn assert_dropped(r: std::io::Result<std::net::TcpStream>, what: &str) {
     match r {
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
@@ -214,14 +220,17 @@ fn assert_dropped(r: std::io::Result<std::net::TcpStream>, what: &str) {
 async fn direct_it_to_ot_is_dropped_while_the_gateway_path_works_even_after_kill_9() {
     let t = Topology::new();
     let _plc = start_plc(&t.ot, SocketAddr::from((t.ot_addr, 502)));
-    // Before ztgate: IT reaches the PLC directly (so this test can fail).
+    let _plc6 = start_plc(&t.ot, SocketAddr::from((t.ot_addr6, 502)));
+    // Before ztgate: IT reaches the PLC directly, over IPv4 and IPv6 (so this test can fail).
     direct(&t).expect("before ztgate, IT reaches the PLC directly");
+    direct6(&t).expect("before ztgate, IT reaches the PLC directly over IPv6");
     // Another table on the gateway host: ztgate must never touch it.
     t.gw.run("nft", &["add", "table", "inet", "admin_rules"]);
     t.gw.run("nft", &["add", "chain", "inet", "admin_rules", "keep"]);
 
     let mut gw = Gateway::start(&t, 0);
     assert_dropped(direct(&t), "direct IT → OT with ztgate running");
+    assert_dropped(direct6(&t), "direct IT → OT over IPv6 with ztgate running");
     let mut hmi = client_from_it(&t, gw.pki.client(&gw.pki.hmi).unwrap())
         .await
         .expect("mTLS through the gateway");
@@ -253,12 +262,17 @@ async fn direct_it_to_ot_is_dropped_while_the_gateway_path_works_even_after_kill
         let _ = p.0.wait();
     }
     assert_dropped(direct(&t), "direct IT → OT after kill -9 of ztgate");
+    assert_dropped(
+        direct6(&t),
+        "direct IT → OT over IPv6 after kill -9 of ztgate",
+    );
     let status = gw.ztgate(&t.gw, &["firewall", "status"]);
     assert!(status.contains("forward drop"), "{status}");
 
     // `firewall remove` is the deliberate way back.
     gw.ztgate(&t.gw, &["firewall", "remove"]);
     direct(&t).expect("after firewall remove, the direct path is back");
+    direct6(&t).expect("after firewall remove, the direct IPv6 path is back");
     assert!(t.gw.run("nft", &["list", "tables"]).contains("admin_rules"));
     drop(gw.dir);
 }
