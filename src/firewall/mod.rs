@@ -179,6 +179,10 @@ impl Plan {
             verdict,
             comment,
         };
+        let counted = |hook, conds, verdict, comment: String| Rule {
+            counter: true,
+            ..rule(hook, conds, verdict, comment)
+        };
 
         // input
         rules.push(rule(
@@ -188,14 +192,12 @@ impl Plan {
             "loopback".into(),
         ));
         for (family, set) in [(Family::V4, QUARANTINE_V4), (Family::V6, QUARANTINE_V6)] {
-            let mut r = rule(
+            rules.push(counted(
                 Hook::Input,
                 vec![Cond::SaddrInSet(family, set)],
                 Verdict::Drop,
                 format!("quarantine {}", family.proto()),
-            );
-            r.counter = true;
-            rules.push(r);
+            ));
         }
         rules.push(rule(
             Hook::Input,
@@ -236,14 +238,12 @@ impl Plan {
                         conds.push(Cond::Daddr(Family::of(&ip), vec![IpNet::from(ip)]));
                     }
                     conds.push(Cond::Dport(L4::Tcp, l.bind.port()));
-                    let mut r = rule(
+                    rules.push(counted(
                         Hook::Input,
                         conds,
                         Verdict::Accept,
                         format!("listener {} from {}", l.name, zone.name),
-                    );
-                    r.counter = true;
-                    rules.push(r);
+                    ));
                 }
             }
         }
@@ -254,20 +254,17 @@ impl Plan {
                 };
                 for (_, mut conds) in zone_selectors(zone, true) {
                     conds.push(Cond::Dport(a.protocol, a.port));
-                    let mut r = rule(
+                    rules.push(counted(
                         Hook::Input,
                         conds,
                         Verdict::Accept,
                         format!("allow {} from {}", a.name, zone.name),
-                    );
-                    r.counter = true;
-                    rules.push(r);
+                    ));
                 }
             }
         }
         let drop_log = |hook: Hook, conds: Vec<Cond>, what: String| {
-            let mut r = rule(hook, conds, Verdict::Continue, format!("{what} drop"));
-            r.counter = true;
+            let mut r = counted(hook, conds, Verdict::Continue, format!("{what} drop"));
             r.log = Some(format!("{}{what}: ", fw.log_prefix));
             r
         };
@@ -292,14 +289,12 @@ impl Plan {
                     let family = set_family;
                     let mut up = to_zone.clone();
                     up.push(Cond::DaddrDportInSet(family, set));
-                    let mut r = rule(
+                    rules.push(counted(
                         Hook::Output,
                         up,
                         Verdict::Accept,
                         format!("upstreams {} in {}", family.proto(), zone.name),
-                    );
-                    r.counter = true;
-                    rules.push(r);
+                    ));
                 }
                 rules.push(drop_log(
                     Hook::Output,
