@@ -409,3 +409,49 @@ fn firewall_show_prints_the_ruleset_without_root() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(json["nftables"][1]["delete"]["table"]["name"], "ztgate");
 }
+
+#[test]
+fn firewall_apply_without_cap_net_admin_says_so() {
+    use std::os::unix::fs::PermissionsExt;
+    // Everything the unprivileged run needs, in a directory it may read (the checkout may not be).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.path().join("ztgate");
+    std::fs::copy(BIN, &bin).unwrap();
+    std::fs::copy(repo().join("ztgate.toml"), dir.path().join("ztgate.toml")).unwrap();
+    shipped_policies_into(dir.path());
+    for entry in walk(dir.path()) {
+        let mode = if entry.is_dir() || entry == bin {
+            0o755
+        } else {
+            0o644
+        };
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    // As nobody: nft is refused by the kernel, and ztgate says what is missing.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .args(["firewall", "apply", "--config"])
+        .arg(dir.path().join("ztgate.toml"))
+        .output()
+        .expect("setpriv runs (util-linux; the tests run as root)");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("needs CAP_NET_ADMIN"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}
