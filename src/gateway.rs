@@ -183,7 +183,7 @@ impl Gateway {
         let quarantine = config
             .firewall
             .as_ref()
-            .filter(|f| f.enforce && f.quarantine_after > 0)
+            .filter(|f| f.quarantine_after > 0)
             .map(|f| {
                 crate::firewall::quarantine::Tracker::new(f.quarantine_after, f.quarantine_window)
             });

@@ -241,8 +241,11 @@ fn run_refuses_a_bad_config_with_exit_64_before_binding() {
 fn wait_audit(path: &Path, kind: &str) -> serde_json::Value {
     for _ in 0..500 {
         if let Ok(text) = std::fs::read_to_string(path) {
-            for line in text.lines() {
-                let v: serde_json::Value = serde_json::from_str(line).expect("audit JSON");
+            // A line still being written does not parse yet: it is read again next round.
+            for v in text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            {
                 if v["event"] == kind {
                     return v;
                 }

@@ -51,9 +51,10 @@ fn start_plc(ot: &Netns, bind: SocketAddr) -> Proc {
 fn wait_audit_nth(path: &Path, kind: &str, n: usize) -> serde_json::Value {
     for _ in 0..1000 {
         if let Ok(text) = std::fs::read_to_string(path) {
+            // A line still being written does not parse yet: it is read again next round.
             let found: Vec<serde_json::Value> = text
                 .lines()
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("audit JSON"))
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
                 .filter(|v| v["event"] == kind)
                 .collect();
             if let Some(v) = found.into_iter().nth(n - 1) {
@@ -253,6 +254,29 @@ async fn direct_it_to_ot_is_dropped_while_the_gateway_path_works_even_after_kill
     assert!(t.gw.run("nft", &["list", "tables"]).contains("admin_rules"));
     assert_dropped(direct(&t), "direct IT → OT after reload");
 
+    // A reload that moves the listener is not applied to the firewall until a restart: the
+    // running listener on 802 must stay reachable.
+    let text = std::fs::read_to_string(&gw.config).unwrap();
+    std::fs::write(&gw.config, text.replace(":802\"", ":8802\"")).unwrap();
+    Command::new("kill")
+        .args(["-HUP", &gw.pid()])
+        .status()
+        .unwrap();
+    let refused = wait_audit(&gw.audit, "firewall_not_reapplied");
+    assert!(
+        refused["reason"]
+            .as_str()
+            .unwrap()
+            .contains("listeners or services changed")
+    );
+    let mut again = client_from_it(&t, gw.pki.client(&gw.pki.hmi).unwrap())
+        .await
+        .expect("802 still open");
+    assert_eq!(
+        again.request(1, &[3, 0, 8, 0, 1]).await.unwrap(),
+        vec![3, 2, 0, 8]
+    );
+
     // kill -9: no chance to clean up, and the path stays closed (fail closed).
     Command::new("kill")
         .args(["-9", &gw.pid()])
@@ -315,4 +339,40 @@ async fn a_source_failing_the_handshake_n_times_is_quarantined() {
         vec![3, 2, 0, 1]
     );
     gw.ztgate(&t.gw, &["firewall", "remove"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_reaches_ot_only_at_its_upstreams_and_ot_cannot_reach_its_listener() {
+    let t = Topology::new();
+    let _plc = start_plc(&t.ot, SocketAddr::from((t.ot_addr, 502)));
+    // Other services on the PLC host, over IPv4 and IPv6, that only the firewall keeps the
+    // gateway host from.
+    let other = SocketAddr::from((t.ot_addr, 503));
+    let other6 = SocketAddr::from((t.ot_addr6, 503));
+    let _l = t.ot.listen(other).unwrap();
+    let _l6 = t.ot.listen(other6).unwrap();
+    let from_gw = |a: SocketAddr| t.gw.connect(a, DROPPED);
+    from_gw(other).expect("before ztgate the gateway host reaches OT port 503");
+    from_gw(other6).expect("before ztgate the gateway host reaches OT port 503 over IPv6");
+
+    let gw = Gateway::start(&t, 0);
+    assert_dropped(from_gw(other), "gateway host → OT port 503");
+    assert_dropped(from_gw(other6), "gateway host → OT port 503 over IPv6");
+    // The upstream itself is allowed: the proxied read works.
+    let mut hmi = client_from_it(&t, gw.pki.client(&gw.pki.hmi).unwrap())
+        .await
+        .expect("mTLS");
+    assert_eq!(
+        hmi.request(1, &[3, 0, 2, 0, 1]).await.unwrap(),
+        vec![3, 2, 0, 2]
+    );
+    // OT may not use the listener (it serves IT), not even at the address on the IT leg.
+    assert_dropped(
+        t.ot.connect(SocketAddr::from((t.gw_it_addr, 802)), DROPPED),
+        "OT → the gateway's listener",
+    );
+    let status = gw.ztgate(&t.gw, &["firewall", "status"]);
+    assert!(status.contains("output to ot"), "{status}");
+    gw.ztgate(&t.gw, &["firewall", "remove"]);
+    from_gw(other).expect("after firewall remove the gateway host reaches OT again");
 }

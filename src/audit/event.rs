@@ -206,6 +206,10 @@ pub enum AuditEvent {
     FirewallApplied {
         rules: usize,
     },
+    /// A reload did not re-apply the firewall (the running ruleset stays).
+    FirewallNotReapplied {
+        reason: String,
+    },
     /// Events lost because the audit queue was full.
     AuditGap {
         dropped: u64,

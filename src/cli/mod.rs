@@ -215,18 +215,25 @@ fn run(path: &Path) -> ExitCode {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
-    // Fail closed from the first packet: the firewall is in place before any listener opens,
-    // and a gateway that cannot put it in place does not start.
-    let firewall = enforced_plan(&config);
+    // Fail closed from the first packet: the firewall is in place before any listener opens.
+    // With enforce = true a gateway that cannot put it in place does not start; with false it
+    // starts without it and says so loudly.
+    let firewall = Plan::from_config(&config);
     if let Some(plan) = &firewall {
-        if let Err(e) = Nft::default().apply(plan) {
-            eprintln!("ztgate: firewall: {e}");
-            eprintln!(
-                "ztgate: not starting: [firewall] enforce = true and the ruleset is not in place"
-            );
-            return ExitCode::from(1);
+        let enforce = config.firewall.as_ref().is_some_and(|f| f.enforce);
+        match Nft::default().apply(plan) {
+            Ok(()) => tracing::info!(rules = plan.rules.len(), "firewall applied and verified"),
+            Err(e) if enforce => {
+                eprintln!("ztgate: firewall: {e}");
+                eprintln!(
+                    "ztgate: not starting: [firewall] enforce = true and the ruleset is not in place"
+                );
+                return ExitCode::from(1);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "firewall NOT applied (enforce = false): running without segmentation")
+            }
         }
-        tracing::info!(rules = plan.rules.len(), "firewall applied and verified");
     }
     let keep_on_exit = config.firewall.as_ref().is_none_or(|f| f.keep_on_exit);
     let rt = match runtime() {
@@ -267,13 +274,28 @@ fn run(path: &Path) -> ExitCode {
     })
 }
 
-/// The ruleset to put in place, when the configuration enforces one.
-fn enforced_plan(config: &Config) -> Option<Plan> {
-    config
-        .firewall
-        .as_ref()
-        .filter(|f| f.enforce)
-        .and_then(|_| Plan::from_config(config))
+/// Whether two configurations have the same listeners (name, address, zones) and upstreams.
+fn same_endpoints(running: &Config, new: &Config) -> bool {
+    let listeners = |c: &Config| -> Vec<(String, std::net::SocketAddr, Vec<String>)> {
+        c.listeners
+            .iter()
+            .map(|l| {
+                let zones = l
+                    .zones
+                    .iter()
+                    .filter_map(|z| c.zones.get(*z).map(|z| z.name.clone()))
+                    .collect();
+                (l.name.clone(), l.bind, zones)
+            })
+            .collect()
+    };
+    let upstreams = |c: &Config| -> Vec<(String, String)> {
+        c.services
+            .iter()
+            .map(|s| (s.name.clone(), s.upstream.clone()))
+            .collect()
+    };
+    listeners(running) == listeners(new) && upstreams(running) == upstreams(new)
 }
 
 /// Serves until SIGINT/SIGTERM; SIGHUP reloads the policy (a bad policy keeps the old one).
@@ -292,7 +314,15 @@ async fn serve_until_signal(gateway: &Gateway, path: &Path) -> std::io::Result<(
                     Ok(config) => {
                         // Zones, listeners and services may have changed: re-apply (atomic, and
                         // the quarantine set is kept). A ruleset that fails keeps the old one.
-                        if let Some(plan) = enforced_plan(&config) {
+                        // The running listeners and upstreams are the old ones until a
+                        // restart: a ruleset for new ones would cut the running gateway off.
+                        let endpoints_changed = !same_endpoints(&gateway.shared.config, &config);
+                        if endpoints_changed && config.firewall.is_some() {
+                            let reason = "listeners or services changed: the firewall keeps the running ruleset until ztgate restarts".to_string();
+                            tracing::error!("{reason}");
+                            gateway.audit().emit(AuditEvent::FirewallNotReapplied { reason });
+                        }
+                        if let Some(plan) = Plan::from_config(&config).filter(|_| !endpoints_changed) {
                             let applied = tokio::task::spawn_blocking(move || {
                                 Nft::default().apply(&plan).map(|()| plan.rules.len())
                             })

@@ -115,6 +115,7 @@ impl Config {
         };
         let mut listeners = Vec::new();
         for l in &raw.listeners {
+            c.check_name(main, "listener", &l.name);
             if listeners
                 .iter()
                 .any(|x: &Listener| x.name == *l.name.get_ref())
@@ -522,6 +523,20 @@ impl Compiler {
         RangeSet::new(out)
     }
 
+    /// Names that end up in nft comments and log prefixes: a plain word, at most 32 bytes.
+    fn check_name(&mut self, file: &SourceFile, what: &str, name: &Spanned<String>) {
+        if !valid_name(name.get_ref()) || name.get_ref().len() > 32 {
+            self.err(
+                file,
+                name.span(),
+                format!(
+                    "{what} name \"{}\" may use only letters, digits, '-', '_' and '.' (at most 32)",
+                    name.get_ref()
+                ),
+            );
+        }
+    }
+
     fn zones(&mut self, file: &SourceFile, raw: &[raw::RawZone]) -> Vec<Zone> {
         let mut zones: Vec<Zone> = Vec::new();
         for z in raw {
@@ -532,22 +547,24 @@ impl Compiler {
                     format!("duplicate zone \"{}\"", z.name.get_ref()),
                 );
             }
+            self.check_name(file, "zone", &z.name);
             let mut interfaces = Vec::new();
             for i in &z.interfaces {
                 let name = i.get_ref();
                 // IFNAMSIZ is 16 with the NUL; nft quotes the name, so no quotes inside.
-                let ok = !name.is_empty()
+                let stem = name.strip_suffix('*').unwrap_or(name);
+                let ok = !stem.is_empty()
                     && name.len() <= 15
-                    && name.chars().all(|c| {
-                        c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@' | '*')
-                    });
+                    && stem
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
                 if ok {
                     interfaces.push(name.clone());
                 } else {
                     self.err(
                         file,
                         i.span(),
-                        format!("interface name \"{name}\" is not a Linux interface name (1-15 of a-z, 0-9, -_.@, or a trailing *)"),
+                        format!("interface name \"{name}\" is not a Linux interface name (1-15 of a-z, 0-9, -_.@, optionally ending in *)"),
                     );
                 }
             }
@@ -582,6 +599,36 @@ impl Compiler {
                         z.name.get_ref()
                     ),
                 );
+            }
+            // A packet must belong to one zone: overlapping networks or a shared interface
+            // would let a rule meant for one zone admit another (OT reaching an IT listener).
+            for (net, raw_net) in networks.iter().zip(&z.networks) {
+                if let Some(other) = zones.iter().find(|o| {
+                    o.networks
+                        .iter()
+                        .any(|n| n.contains(&net.addr()) || net.contains(&n.addr()))
+                }) {
+                    self.err(
+                        file,
+                        raw_net.span(),
+                        format!(
+                            "network {net} overlaps a network of zone \"{}\"",
+                            other.name
+                        ),
+                    );
+                }
+            }
+            for (iface, raw_iface) in interfaces.iter().zip(&z.interfaces) {
+                if let Some(other) = zones.iter().find(|o| o.interfaces.contains(iface)) {
+                    self.err(
+                        file,
+                        raw_iface.span(),
+                        format!(
+                            "interface \"{iface}\" already belongs to zone \"{}\"",
+                            other.name
+                        ),
+                    );
+                }
             }
             zones.push(Zone {
                 name: z.name.get_ref().clone(),
@@ -623,6 +670,7 @@ impl Compiler {
         }
         let mut allow = Vec::new();
         for a in &f.allow {
+            self.check_name(file, "allow", &a.name);
             let port = match u16::try_from(*a.port.get_ref()) {
                 Ok(p) if p > 0 => p,
                 _ => {

@@ -191,6 +191,14 @@ impl Plan {
             Verdict::Accept,
             "loopback".into(),
         ));
+        rules.push(rule(
+            Hook::Input,
+            vec![Cond::CtState(vec!["established", "related"])],
+            Verdict::Accept,
+            "established".into(),
+        ));
+        // New connections from quarantined sources; open sessions (and the replies to the
+        // gateway's own connections) are not cut.
         for (family, set) in [(Family::V4, QUARANTINE_V4), (Family::V6, QUARANTINE_V6)] {
             rules.push(counted(
                 Hook::Input,
@@ -199,12 +207,6 @@ impl Plan {
                 format!("quarantine {}", family.proto()),
             ));
         }
-        rules.push(rule(
-            Hook::Input,
-            vec![Cond::CtState(vec!["established", "related"])],
-            Verdict::Accept,
-            "established".into(),
-        ));
         rules.push(rule(
             Hook::Input,
             vec![Cond::CtState(vec!["invalid"])],
@@ -217,7 +219,6 @@ impl Plan {
             vec![Cond::Icmpv6Type(vec![
                 "nd-neighbor-solicit",
                 "nd-neighbor-advert",
-                "nd-router-advert",
             ])],
             Verdict::Accept,
             "ipv6 neighbour discovery".into(),
@@ -229,6 +230,12 @@ impl Plan {
                 };
                 for (family, mut conds) in zone_selectors(zone, true) {
                     let ip = l.bind.ip();
+                    // 0.0.0.0 listens on IPv4 only ([::] is dual-stack).
+                    if ip == IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+                        && family == Some(Family::V6)
+                    {
+                        continue;
+                    }
                     if !ip.is_unspecified() {
                         // A listener bound to one address is reachable only there (and only
                         // in that address's family).
@@ -271,41 +278,66 @@ impl Plan {
         rules.push(drop_log(Hook::Input, Vec::new(), "input".into()));
         rules.push(drop_log(Hook::Forward, Vec::new(), "forward".into()));
 
-        // output: into protected zones only to upstreams.
-        for zone in config.zones.iter().filter(|z| z.protected) {
-            for (family, to_zone) in zone_selectors(zone, false) {
-                let mut established = to_zone.clone();
-                established.push(Cond::CtState(vec!["established", "related"]));
-                rules.push(rule(
+        // output: into protected zones only established traffic, neighbour discovery and the
+        // upstream address/port pairs. "Into the zone" is by interface *or* by address, each
+        // on its own: an OT device must not be reachable over IPv6 (link-local included), by
+        // an off-zone address routed out of the OT leg, or by its address via another leg.
+        if config.zones.iter().any(|z| z.protected) {
+            rules.push(rule(
+                Hook::Output,
+                vec![Cond::CtState(vec!["established", "related"])],
+                Verdict::Accept,
+                "established out".into(),
+            ));
+            // ND is not tracked by conntrack; without it the gateway cannot answer OT hosts.
+            rules.push(rule(
+                Hook::Output,
+                vec![Cond::Icmpv6Type(vec![
+                    "nd-neighbor-solicit",
+                    "nd-neighbor-advert",
+                    "nd-router-solicit",
+                ])],
+                Verdict::Accept,
+                "ipv6 neighbour discovery out".into(),
+            ));
+            for (family, set) in [(Family::V4, UPSTREAMS_V4), (Family::V6, UPSTREAMS_V6)] {
+                rules.push(counted(
                     Hook::Output,
-                    established,
+                    vec![Cond::DaddrDportInSet(family, set)],
                     Verdict::Accept,
-                    format!("established to {}", zone.name),
+                    format!("upstreams {}", family.proto()),
                 ));
-                for (set_family, set) in [(Family::V4, UPSTREAMS_V4), (Family::V6, UPSTREAMS_V6)] {
-                    if family.is_some_and(|f| f != set_family) {
-                        continue;
-                    }
-                    let family = set_family;
-                    let mut up = to_zone.clone();
-                    up.push(Cond::DaddrDportInSet(family, set));
-                    rules.push(counted(
-                        Hook::Output,
-                        up,
-                        Verdict::Accept,
-                        format!("upstreams {} in {}", family.proto(), zone.name),
+            }
+        }
+        for zone in config.zones.iter().filter(|z| z.protected) {
+            let mut selectors: Vec<(String, Cond)> = Vec::new();
+            if !zone.interfaces.is_empty() {
+                selectors.push((
+                    format!("output to {} via interface", zone.name),
+                    Cond::OifName(zone.interfaces.clone()),
+                ));
+            }
+            for family in [Family::V4, Family::V6] {
+                let nets: Vec<IpNet> = zone
+                    .networks
+                    .iter()
+                    .filter(|n| Family::of(&n.addr()) == family)
+                    .copied()
+                    .collect();
+                if !nets.is_empty() {
+                    selectors.push((
+                        format!("output to {} {}", zone.name, family.proto()),
+                        Cond::Daddr(family, nets),
                     ));
                 }
-                rules.push(drop_log(
-                    Hook::Output,
-                    to_zone.clone(),
-                    format!("output to {}", zone.name),
-                ));
+            }
+            for (what, cond) in selectors {
+                rules.push(drop_log(Hook::Output, vec![cond.clone()], what.clone()));
                 rules.push(rule(
                     Hook::Output,
-                    to_zone,
+                    vec![cond],
                     Verdict::Drop,
-                    format!("output to {} deny", zone.name),
+                    format!("{what} deny"),
                 ));
             }
         }

@@ -181,11 +181,24 @@ impl Nft {
 
     /// Puts an address into the quarantine set for `seconds`: the input chain drops all of it.
     pub fn quarantine_add(&self, addr: IpAddr, seconds: u32) -> Result<(), FirewallError> {
+        let addr = addr.to_canonical();
+        if addr.is_loopback() || addr.is_unspecified() || addr.is_multicast() {
+            return Err(FirewallError::Rejected(format!(
+                "{addr} cannot be quarantined (loopback, unspecified or multicast)"
+            )));
+        }
         self.element(true, addr, seconds)
     }
 
     pub fn quarantine_remove(&self, addr: IpAddr) -> Result<(), FirewallError> {
-        self.element(false, addr, 0)
+        match self.element(false, addr.to_canonical(), 0) {
+            Err(FirewallError::Rejected(e)) if e.contains("No such file or directory") => {
+                Err(FirewallError::Rejected(format!(
+                    "{addr} is not quarantined (or the table is not loaded)"
+                )))
+            }
+            other => other,
+        }
     }
 }
 
@@ -305,7 +318,8 @@ fn verify(plan: &Plan, listing: &Value) -> Result<(), FirewallError> {
             return Err(FirewallError::Mismatch(format!("set {name} missing")));
         }
     }
-    let upstream_elems: usize = sets
+    // The upstream pairs themselves, not just how many.
+    let mut loaded: Vec<String> = sets
         .iter()
         .filter(|s| {
             matches!(
@@ -313,13 +327,47 @@ fn verify(plan: &Plan, listing: &Value) -> Result<(), FirewallError> {
                 Some(UPSTREAMS_V4 | UPSTREAMS_V6)
             )
         })
-        .map(|s| s.get("elem").and_then(Value::as_array).map_or(0, Vec::len))
-        .sum();
-    if upstream_elems != plan.upstreams.len() {
+        .flat_map(|s| {
+            s.get("elem")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(
+            |e| match e.get("concat").and_then(Value::as_array).map(Vec::as_slice) {
+                Some([addr, port]) => format!("{} . {}", addr.as_str().unwrap_or("?"), port),
+                _ => e.to_string(),
+            },
+        )
+        .collect();
+    let mut planned: Vec<String> = plan
+        .upstreams
+        .iter()
+        .map(|a| format!("{} . {}", a.ip(), a.port()))
+        .collect();
+    loaded.sort();
+    planned.sort();
+    if loaded != planned {
         return Err(FirewallError::Mismatch(format!(
-            "{upstream_elems} upstream elements loaded, {} planned",
-            plan.upstreams.len()
+            "upstream set holds {loaded:?}, planned {planned:?}"
         )));
+    }
+    for name in [QUARANTINE_V4, QUARANTINE_V6] {
+        let timeout = sets
+            .iter()
+            .filter(|s| s.get("name").and_then(Value::as_str) == Some(name))
+            .flat_map(|s| {
+                s.get("flags")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .any(|f| f == "timeout");
+        if !timeout {
+            return Err(FirewallError::Mismatch(format!(
+                "set {name} lacks the timeout flag"
+            )));
+        }
     }
     Ok(())
 }

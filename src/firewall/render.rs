@@ -124,7 +124,7 @@ pub fn to_text(plan: &Plan) -> String {
     for (name, addr) in [(QUARANTINE_V4, "ipv4_addr"), (QUARANTINE_V6, "ipv6_addr")] {
         let _ = writeln!(
             out,
-            "\tset {name} {{\n\t\ttype {addr}\n\t\tflags timeout\n\t}}\n"
+            "\tset {name} {{\n\t\ttype {addr}\n\t\tsize {QUARANTINE_SIZE}\n\t\tflags timeout\n\t}}\n"
         );
     }
     for (i, chain) in plan.chains.iter().enumerate() {
@@ -288,12 +288,16 @@ fn table() -> schema::Table<'static> {
     }
 }
 
+/// Most addresses the quarantine holds at once (per family): bounded kernel memory.
+pub const QUARANTINE_SIZE: u32 = 65_536;
+
 fn set(
     name: &'static str,
     set_type: SetTypeValue<'static>,
     flags: Option<HashSet<SetFlag>>,
     elem: Vec<Expression<'static>>,
 ) -> schema::Set<'static> {
+    let size = flags.is_some().then_some(QUARANTINE_SIZE);
     schema::Set {
         family: NfFamily::INet,
         table: Cow::Borrowed(TABLE),
@@ -305,7 +309,7 @@ fn set(
         elem: (!elem.is_empty()).then_some(Cow::Owned(elem)),
         timeout: None,
         gc_interval: None,
-        size: None,
+        size,
         comment: None,
     }
 }

@@ -52,11 +52,16 @@ fn the_example_opens_only_what_it_declares() {
             "chain forward {\n\t\ttype filter hook forward priority filter; policy drop;"
         )
     );
+    // Into OT: by interface and by address, each on its own, after the upstream pairs.
     assert!(
-        text.contains(
-            "oifname \"enp2s0\" ip daddr 10.10.1.0/24 drop comment \"output to ot deny\""
-        )
+        text.contains("ip daddr . tcp dport @upstreams_v4 counter accept comment \"upstreams ip\"")
     );
+    assert!(text.contains("oifname \"enp2s0\" drop comment \"output to ot via interface deny\""));
+    assert!(text.contains("ip daddr 10.10.1.0/24 drop comment \"output to ot ip deny\""));
+    // Quarantine after established: open sessions and the gateway's own replies are not cut.
+    let established = text.find("comment \"established\"").expect("established");
+    let quarantine = text.find("comment \"quarantine ip\"").expect("quarantine");
+    assert!(established < quarantine);
     // No listener rule from OT or management.
     assert!(!text.contains("listener modbus-security from ot"));
     assert!(!text.contains("listener modbus-security from mgmt"));
@@ -113,10 +118,53 @@ port = 22
         vec![
             "ztgate.toml:8:16: zone \"dmz\" is not defined",
             "ztgate.toml:12:12: upstream 10.20.0.5 of service \"plc\" lies in no zone's networks",
-            "ztgate.toml:15:15: interface name \"this-name-is-far-too-long\" is not a Linux interface name (1-15 of a-z, 0-9, -_.@, or a trailing *)",
+            "ztgate.toml:15:15: interface name \"this-name-is-far-too-long\" is not a Linux interface name (1-15 of a-z, 0-9, -_.@, optionally ending in *)",
             "ztgate.toml:16:28: network \"10.1.0.1/16\" has host bits set (did you mean 10.1.0.0/16?)",
             "ztgate.toml:16:43: network \"10.1.0.0/33\" is not a CIDR (e.g. \"10.10.1.0/24\" or \"fd00::/64\")",
             "ztgate.toml:23:8: allow \"ssh\" names no zones and no zone is a management zone: it would be unreachable",
+        ]
+    );
+}
+
+#[test]
+fn zones_may_not_overlap_or_share_an_interface() {
+    let main = SourceFile::new(
+        "ztgate.toml",
+        r#"[tls]
+client_ca = "a"
+cert = "b"
+key = "c"
+[[listener]]
+name = "l"
+bind = "0.0.0.0:802"
+zones = ["it"]
+[[service]]
+name = "plc"
+protocol = "modbus"
+upstream = "10.77.51.2:502"
+[[zone]]
+name = "it"
+interfaces = ["eth0"]
+networks = ["10.77.0.0/16"]
+[[zone]]
+name = "ot"
+interfaces = ["eth0", "eth1*"]
+networks = ["10.77.51.0/24"]
+protected = true
+[firewall]
+"#,
+    );
+    let errors: Vec<String> = Config::from_sources(&main, &[], Path::new("."))
+        .expect_err("invalid")
+        .0
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    assert_eq!(
+        errors,
+        vec![
+            "ztgate.toml:19:15: interface \"eth0\" already belongs to zone \"it\"",
+            "ztgate.toml:20:13: network 10.77.51.0/24 overlaps a network of zone \"it\"",
         ]
     );
 }

@@ -52,6 +52,11 @@ fn quarantine_failure(shared: &Arc<Shared>, source: std::net::IpAddr) {
     let Some(tracker) = &shared.quarantine else {
         return;
     };
+    // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; the set holds a.b.c.d.
+    let source = source.to_canonical();
+    if source.is_loopback() || source.is_unspecified() {
+        return;
+    }
     let Some(failures) = tracker.failure(source, std::time::Instant::now()) else {
         return;
     };
@@ -138,10 +143,14 @@ async fn connection(
     };
     let _ = stream.set_nodelay(true);
 
+    // Only a peer that got as far as a ClientHello counts towards quarantine: a bare connect
+    // (a health check, a port scan behind a NAT shared with real clients) does not.
+    let hello_seen = std::sync::atomic::AtomicBool::new(false);
     let handshake = async {
         let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
             .await
             .map_err(|e| (None, format!("TLS handshake failed: {e}")))?;
+        hello_seen.store(true, std::sync::atomic::Ordering::Relaxed);
         let sni = start
             .client_hello()
             .server_name()
@@ -166,8 +175,14 @@ async fn connection(
     let (tls, sni, service_id) =
         match tokio::time::timeout(shared.config.tls.handshake_timeout, handshake).await {
             Ok(Ok(done)) => done,
-            Ok(Err((sni, reason))) => return failed(sni, reason),
-            Err(_) => return failed(None, "TLS handshake timed out".to_string()),
+            Ok(Err((sni, reason))) if hello_seen.load(std::sync::atomic::Ordering::Relaxed) => {
+                return failed(sni, reason);
+            }
+            Ok(Err((sni, reason))) => return reject(sni, reason),
+            Err(_) if hello_seen.load(std::sync::atomic::Ordering::Relaxed) => {
+                return failed(None, "TLS handshake timed out".to_string());
+            }
+            Err(_) => return reject(None, "TLS handshake timed out".to_string()),
         };
     drop(handshake_guard);
 
