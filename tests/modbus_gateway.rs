@@ -984,7 +984,14 @@ async fn handshakes_in_progress_cannot_take_the_verified_sessions_slots() {
     // Two silent TCP connections fill the handshake budget...
     let _s1 = tokio::net::TcpStream::connect(env.addr).await.unwrap();
     let _s2 = tokio::net::TcpStream::connect(env.addr).await.unwrap();
-    env.wait_until(|_| true).await;
+    // Readiness: both are accepted and counted as handshakes in progress.
+    for _ in 0..500 {
+        if env.gateway().shared.active_sessions() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(env.gateway().shared.active_sessions(), 2);
     let third = env.try_connect(HMI).await;
     let refused = match third {
         Err(_) => true,

@@ -370,6 +370,13 @@ impl Plan {
         })
     }
 
+    /// The upstreams of one address family.
+    pub fn upstreams_in(&self, family: Family) -> impl Iterator<Item = &SocketAddr> {
+        self.upstreams
+            .iter()
+            .filter(move |a| Family::of(&a.ip()) == family)
+    }
+
     pub fn rules_in(&self, hook: Hook) -> impl Iterator<Item = &Rule> {
         self.rules.iter().filter(move |r| r.hook == hook)
     }

@@ -223,16 +223,7 @@ fn is_read(function: u8) -> bool {
 
 /// What audit says about a request: function, unit, addresses; never values.
 pub(crate) fn summary(request: &Request<'_>) -> ModbusSummary {
-    let mut s = ModbusSummary {
-        transaction_id: request.transaction_id(),
-        unit: request.unit(),
-        function: request.function.0,
-        function_name: request.function.name(),
-        address: None,
-        quantity: None,
-        write_address: None,
-        write_quantity: None,
-    };
+    let mut s = header_summary(&request.header, request.function.0);
     match request.access {
         Access::None => {}
         Access::Read(_, span) | Access::Write(_, span) => {
@@ -364,9 +355,14 @@ impl Relay<'_> {
         }
     }
 
+    /// Whether the session has `max_outstanding` requests waiting for their answers.
+    fn full(&self) -> bool {
+        self.queue.len() >= self.ctx.service.max_outstanding
+    }
+
     /// Queues a gateway answer, or sends 0x06 at once when the session is over its bound.
     fn admit_local(&mut self, header: Mbap, function: u8, code: ExceptionCode) {
-        if self.queue.len() >= self.ctx.service.max_outstanding {
+        if self.full() {
             self.busy(header, function);
         } else {
             self.answer_locally(header, function, code);
@@ -394,7 +390,7 @@ impl Relay<'_> {
     ) -> Result<(), Closed> {
         let header = request.header;
         let function = request.function.0;
-        if self.queue.len() >= self.ctx.service.max_outstanding {
+        if self.full() {
             stats.denied += 1;
             self.busy(header, function);
             return Ok(());
@@ -515,17 +511,12 @@ impl Relay<'_> {
             )
             .await;
             upstream.last_used = Instant::now();
+            // In flight either way: a failed write fails it (0x0B) with the others in flight.
+            slot.state = SlotState::InFlight { deadline };
             match write {
-                Ok(Ok(())) => slot.state = SlotState::InFlight { deadline },
-                Ok(Err(e)) => {
-                    // The slot stays queued: it is failed with the rest below.
-                    slot.state = SlotState::InFlight { deadline };
-                    self.upstream_failed(&format!("write to device failed: {e}"));
-                }
-                Err(_) => {
-                    slot.state = SlotState::InFlight { deadline };
-                    self.upstream_failed("write to device timed out");
-                }
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => self.upstream_failed(&format!("write to device failed: {e}")),
+                Err(_) => self.upstream_failed("write to device timed out"),
             }
         }
     }
