@@ -154,7 +154,11 @@ impl Mosquitto {
                 .wait_log_state(|text, eof| {
                     if text.contains("Address already in use") {
                         Some(Err(true))
-                    } else if wanted.iter().all(|w| text.contains(w.as_str())) {
+                    } else if wanted.iter().all(|w| text.contains(w.as_str()))
+                        // Logged after every listener is bound and listening (the "Opening"
+                        // line comes before bind()).
+                        && text.contains(" running")
+                    {
                         Some(Ok(()))
                     } else if eof {
                         Some(Err(false))
