@@ -768,3 +768,59 @@ async fn v5_connack_advertises_the_services_limits() {
     assert_eq!(wire::prop_int(&props, 0x27), Some(65536), "{props:?}");
     assert_eq!(wire::prop_int(&props, 0x24), Some(1), "{props:?}");
 }
+
+/// The raw client and its codec against mosquitto itself (TLS listener): CONNECT/CONNACK,
+/// SUBSCRIBE/SUBACK, PUBLISH with a topic alias, and mosquitto's own answer to an alias
+/// above its maximum, so the gateway tests' bytes are known to be right.
+async fn harness_raw_client_against_mosquitto(v: V) {
+    let dir = tempfile::tempdir().unwrap();
+    let up = UpstreamPki::new(dir.path());
+    let broker = Mosquitto::start_with(Some(&up.broker)).await;
+    let sub = Direct::start(&broker, "witness").await;
+    let ca = std::fs::read(&up.broker.ca).unwrap();
+    let cert = std::fs::read(&up.gw_cert).unwrap();
+    let key = std::fs::read(&up.gw_key).unwrap();
+    let config = ztgate::tls::client_config(&ca, Some((&cert, &key)), BOTH).unwrap();
+    let mut c = Raw::connect(broker.tls_addr.unwrap(), config, v).await;
+    c.send(&wire::connect(v, "raw-1", None)).await;
+    let ack = c.expect(CONNACK).await;
+    assert_eq!(ack.connack_code(), 0);
+    if v.is5() {
+        assert_eq!(wire::prop_int(&ack.connack_props(), 0x22), Some(10));
+    }
+    c.send(&wire::subscribe(v, 1, &[("raw/#", 2), ("other/+", 0)]))
+        .await;
+    assert_eq!(c.expect(SUBACK).await.suback_codes(), vec![2, 0]);
+    let alias = v.is5().then_some(1);
+    c.send(&wire::publish_raw(v, b"raw/a", 1, false, 2, b"one", alias))
+        .await;
+    let topic: &[u8] = if v.is5() { b"" } else { b"raw/a" };
+    c.send(&wire::publish_raw(v, topic, 1, false, 3, b"two", alias))
+        .await;
+    let mut acks = Vec::new();
+    let mut echoed = Vec::new();
+    for _ in 0..8 {
+        let p = c.recv().await.expect("packet");
+        match p.kind() {
+            PUBACK => acks.push(p.pkid()),
+            PUBLISH => echoed.push(p.publish().3),
+            _ => panic!("{p:?}"),
+        }
+        if acks.len() == 2 && echoed.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(acks, vec![2, 3]);
+    assert_eq!(echoed, vec![b"one".to_vec(), b"two".to_vec()]);
+    sub.wait_for("raw/a").await;
+    assert_eq!(sub.messages().len(), 2);
+    if v.is5() {
+        c.send(&wire::publish_raw(v, b"raw/b", 1, false, 4, b"x", Some(11)))
+            .await;
+        let seen = c.closed().await;
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(seen[0].kind(), DISCONNECT);
+        assert_eq!(seen[0].disconnect_reason(), 0x94);
+    }
+}
+both_versions!(harness_raw_client_against_mosquitto);
