@@ -258,12 +258,23 @@ async fn denied_publish_is_refused_and_never_arrives(v: V) {
 
     let e = env.wait_denied("PUBLISH", "topic").await;
     assert_eq!(e["topic"], FOREIGN, "{e}");
-    assert!(e.get("rule").is_some(), "rule field (id or null): {e}");
     for kind in ["qos", "retain", "payload"] {
         let e = env.wait_denied("PUBLISH", kind).await;
         assert_eq!(e["topic"], ALLOWED, "{e}");
         assert_eq!(e["rule"], "sensor-telemetry", "{e}");
     }
+    let e = env.wait_denied("PUBLISH", "qos").await;
+    assert_eq!(
+        (&e["reason"]["qos"], &e["reason"]["max"]),
+        (&2.into(), &1.into()),
+        "{e}"
+    );
+    let e = env.wait_denied("PUBLISH", "payload").await;
+    assert_eq!(
+        (&e["reason"]["size"], &e["reason"]["max"]),
+        (&1025.into(), &1024.into()),
+        "{e}"
+    );
     let topic_denials = env
         .events("mqtt_denied")
         .await
@@ -668,6 +679,16 @@ async fn malformed_packets_close_only_their_session(v: V) {
         "nothing from the malformed sessions arrived: {topics:?}"
     );
     assert_eq!(topics.len(), 7);
+    let violations = env.events("mqtt_protocol_violation").await;
+    assert_eq!(
+        violations.len(),
+        7,
+        "one per malformed session: {violations:#?}"
+    );
+    assert!(
+        violations.iter().all(|e| e["side"] == "downstream"),
+        "{violations:#?}"
+    );
 }
 
 // 9. ------------------------------------------------------------------------------------------
