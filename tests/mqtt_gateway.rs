@@ -845,3 +845,55 @@ async fn harness_raw_client_against_mosquitto(v: V) {
     }
 }
 both_versions!(harness_raw_client_against_mosquitto);
+
+/// Filters broader than the policy's (`#`, a `+` where the policy names the identity, `#`
+/// where the policy has `+`, `$SYS`) are refused; one narrower than an allowed filter is
+/// granted.
+async fn broader_subscribe_filters_are_refused(v: V) {
+    let (_broker, _sub, env) = setup(GwOptions::default()).await;
+    let mut c = env.raw_session(SENSOR, v).await;
+    c.send(&wire::subscribe(
+        v,
+        7,
+        &[
+            ("#", 0),
+            ("plant1/line1/+/cmd/#", 0),
+            ("plant1/broadcast/#", 0),
+            ("$SYS/#", 0),
+            ("plant1/line1/s-7/cmd/valve/+", 1),
+        ],
+    ))
+    .await;
+    let ack = c.expect(SUBACK).await;
+    assert_eq!(ack.pkid(), 7);
+    let d = if v.is5() { 0x87 } else { 0x80 };
+    assert_eq!(ack.suback_codes(), vec![d, d, d, d, 1]);
+}
+
+/// A packet above the service's max_packet_size (65536) ends that session without reaching
+/// the broker.
+async fn packet_above_max_packet_size_closes_the_session(v: V) {
+    let (_broker, sub, env) = setup(GwOptions::default()).await;
+    let mut c = env.raw_session(SENSOR, v).await;
+    c.send(&wire::publish(v, ALLOWED, 1, 1, &vec![b'z'; 70_000]))
+        .await;
+    let seen = c.closed().await;
+    let ok = seen
+        .iter()
+        .all(|p| v.is5() && p.kind() == DISCONNECT && p.disconnect_reason() >= 0x80);
+    assert!(
+        ok,
+        "only a v5 DISCONNECT >= 0x80 may precede the close: {seen:?}"
+    );
+    let mut other = env.raw_session(SENSOR2, v).await;
+    other
+        .publish1("plant1/line1/s-8/telemetry/m", 1, b"m")
+        .await;
+    sub.wait_for("plant1/line1/s-8/telemetry/m").await;
+    assert_eq!(sub.topics(), vec!["plant1/line1/s-8/telemetry/m"]);
+}
+
+both_versions!(
+    broader_subscribe_filters_are_refused,
+    packet_above_max_packet_size_closes_the_session
+);
