@@ -866,6 +866,10 @@ impl Relay<'_> {
         match policy.decide_mqtt(self.ctx.service_id, subject, self.identity(), action) {
             Decision::Allow { .. } => {
                 stats.allowed += 1;
+                if let Some(id) = p.packet_id {
+                    // A packet id the gateway once refused is the broker's again.
+                    self.refused_qos2.remove(&id);
+                }
                 Self::forward_publish(p, &topic, &mut self.broker_holds, &mut self.to_broker);
                 Ok(())
             }
@@ -1093,7 +1097,15 @@ impl Relay<'_> {
         let ours = self.ctx.service.mqtt.topic_alias_maximum;
         let alias_max = c.properties.topic_alias_maximum.unwrap_or(0).min(ours);
         self.alias_max_upstream = alias_max;
-        if self.version == Version::V311 || c.reason >= 0x80 {
+        if c.reason >= 0x80 {
+            // The broker refused the client (its own authentication or ACL): the client hears
+            // it from the broker, and the session ends with it.
+            self.to_client.extend_from_slice(packet);
+            return Err(CloseReason::UpstreamClosed {
+                detail: format!("broker refused the CONNECT with {:#04x}", c.reason),
+            });
+        }
+        if self.version == Version::V311 {
             self.to_client.extend_from_slice(packet);
             return Ok(());
         }
@@ -1129,6 +1141,9 @@ impl Relay<'_> {
         let action = MqttAction::Deliver { topic: &topic };
         match policy.decide_mqtt(self.ctx.service_id, subject, self.identity(), action) {
             Decision::Allow { .. } => {
+                if let Some(id) = p.packet_id {
+                    self.dropped_qos2.remove(&id);
+                }
                 Self::forward_publish(p, &topic, &mut self.client_holds, &mut self.to_client);
             }
             Decision::Deny { rule, reason } => {
