@@ -27,6 +27,8 @@ pub struct Shared {
     pub audit: Audit,
     /// Upstream connection slots, per service.
     pub upstream_slots: Vec<Arc<Semaphore>>,
+    /// TLS towards the upstream, per service (`upstream_tls`).
+    pub upstream_tls: Vec<Option<Arc<crate::session::UpstreamTlsClient>>>,
     pub shutdown: watch::Receiver<bool>,
     /// Failure counting for the quarantine, when the firewall is enforced.
     pub quarantine: Option<crate::firewall::quarantine::Tracker>,
@@ -133,6 +135,13 @@ impl Gateway {
         for l in &config.listeners {
             tls_configs.push(material.server_config(l.tls_versions)?);
         }
+        let mut upstream_tls = Vec::new();
+        for s in &config.services {
+            upstream_tls.push(match &s.upstream_tls {
+                Some(t) => Some(Arc::new(crate::session::UpstreamTlsClient::load(t)?)),
+                None => None,
+            });
+        }
         let audit = Audit::start(
             &config.gateway_name,
             &AuditSinks {
@@ -189,6 +198,7 @@ impl Gateway {
             });
         let shared = Arc::new(Shared {
             services: config.services.iter().cloned().map(Arc::new).collect(),
+            upstream_tls,
             upstream_slots: config
                 .services
                 .iter()

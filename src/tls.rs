@@ -148,3 +148,24 @@ pub fn client_config(
     };
     Ok(Arc::new(config))
 }
+
+/// The client side towards an upstream that speaks TLS (an MQTT broker on 8883): trusts the
+/// configured CA bundle only, and presents the gateway's client certificate when one is set.
+pub fn upstream_config(
+    settings: &crate::config::UpstreamTls,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for ca in load_certs(&settings.ca)? {
+        roots
+            .add(ca)
+            .map_err(|e| file_error(&settings.ca, format!("unusable CA certificate: {e}")))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let config = match &settings.client_cert {
+        Some((cert, key)) => builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?,
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}

@@ -33,7 +33,7 @@ fn check_passes_on_the_shipped_example() {
     );
     let stdout = text(&out.stdout);
     assert!(
-        stdout.contains("ok (1 listener(s), 1 service(s), 3 role(s), 5 rule(s), 0 warning(s))"),
+        stdout.contains("ok (2 listener(s), 2 service(s), 4 role(s), 9 rule(s), 0 warning(s))"),
         "{stdout}"
     );
 }
@@ -145,6 +145,81 @@ fn explain_names_the_rule_that_decides() {
 
     let out = explain(hmi, "nope", "read_coils address=0");
     assert_eq!(out.status.code(), Some(64));
+}
+
+/// `ztgate explain --mqtt` on the shipped example (policies/mqtt-line1.toml).
+fn explain_mqtt(identity: &str, request: &str) -> (Option<i32>, String) {
+    let config = repo().join("ztgate.toml");
+    let out = ztgate(&[
+        "explain",
+        "--config",
+        config.to_str().unwrap(),
+        "--identity",
+        identity,
+        "--service",
+        "broker-line1",
+        "--mqtt",
+        request,
+    ]);
+    (out.status.code(), text(&out.stdout) + &text(&out.stderr))
+}
+
+#[test]
+fn explain_mqtt_substitutes_the_identity_and_names_the_rule() {
+    let (code, out) = explain_mqtt("s-7", "publish topic=plant1/line1/s-7/telemetry qos=1");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("ALLOW by rule \"sensor-telemetry\""), "{out}");
+
+    // Another sensor's topic: the {identity} filter does not reach it.
+    let (code, out) = explain_mqtt("s-7", "publish topic=plant1/line1/s-8/telemetry qos=1");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("DENY: no rule allows this topic"), "{out}");
+
+    let (code, out) = explain_mqtt("s-7", "publish topic=plant1/line1/s-7/telemetry qos=2");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("DENY: QoS 2 above the rule's max_qos 1"),
+        "{out}"
+    );
+    assert!(out.contains("closest rule: \"sensor-telemetry\""), "{out}");
+
+    let (code, out) = explain_mqtt(
+        "s-7",
+        "publish topic=plant1/line1/s-7/telemetry retain=true",
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("retain flag set"), "{out}");
+
+    let (code, out) = explain_mqtt("s-7", "subscribe filter=plant1/line1/s-7/cmd/# qos=2");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("granted QoS 1"), "{out}");
+
+    let (code, out) = explain_mqtt("s-7", "subscribe filter=plant1/#");
+    assert_eq!(code, Some(1), "{out}");
+
+    let (code, out) = explain_mqtt(
+        "historian-01",
+        "subscribe filter=plant1/line1/+/telemetry/#",
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("ALLOW by rule \"historian-mqtt\""), "{out}");
+
+    let (code, out) = explain_mqtt("s-7", "connect client_id=s-8");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("client id is not the certificate identity"),
+        "{out}"
+    );
+
+    let (code, out) = explain_mqtt(
+        "s-7",
+        "connect client_id=s-7 will_topic=plant1/line1/s-8/status",
+    );
+    assert_eq!(code, Some(1), "{out}");
+
+    // Not a topic name: a usage error, not a decision.
+    let (code, out) = explain_mqtt("s-7", "publish topic=plant1/+/x");
+    assert_eq!(code, Some(64), "{out}");
 }
 
 #[test]
@@ -327,7 +402,7 @@ async fn run_serves_reloads_on_sighup_and_stops_on_sigterm() {
     std::fs::write(&line1, policy.replace("max = 1500", "max = 5")).unwrap();
     signal(&child, "-HUP");
     let reloaded = wait_audit(&audit, "policy_reloaded");
-    assert_eq!(reloaded["rules"], 5);
+    assert_eq!(reloaded["rules"], 9);
     assert_eq!(
         hmi.request(1, &[6, 0, 105, 0, 9]).await.unwrap(),
         vec![0x86, 0x01]

@@ -89,10 +89,12 @@ impl Gateway {
         let pki = DemoPki::create(dir.path()).unwrap();
         let policies = dir.path().join("policies");
         std::fs::create_dir_all(&policies).unwrap();
-        for e in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap()
-        {
-            let p = e.unwrap().path();
-            std::fs::copy(&p, policies.join(p.file_name().unwrap())).unwrap();
+        // The Modbus policies only: the MQTT ones name a service this topology has not.
+        for name in ["roles.toml", "line1.toml"] {
+            let shipped = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("policies")
+                .join(name);
+            std::fs::copy(&shipped, policies.join(name)).unwrap();
         }
         let config = dir.path().join("ztgate.toml");
         let audit = dir.path().join("audit.jsonl");

@@ -56,6 +56,19 @@ pub enum CloseReason {
     AccessRevoked,
     /// The client certificate expired while the session was open.
     CertificateExpired,
+    /// MQTT: the gateway refused the CONNECT (the CONNACK says why; `mqtt_denied` has the
+    /// details).
+    ConnectRefused,
+    /// MQTT: a packet broke the specification or a limit (`mqtt_protocol_violation`).
+    ProtocolViolation {
+        detail: String,
+    },
+    /// MQTT 3.1.1 with `denied_publish_v311 = "disconnect"`: a denied PUBLISH closed it.
+    DeniedDisconnect,
+    /// The upstream (the broker) closed the connection or failed; the session cannot go on.
+    UpstreamClosed {
+        detail: String,
+    },
     ClientError {
         detail: String,
     },
@@ -209,6 +222,66 @@ pub enum AuditEvent {
     /// A reload did not re-apply the firewall (the running ruleset stays).
     FirewallNotReapplied {
         reason: String,
+    },
+    /// An MQTT client's CONNECT was accepted by the gateway and forwarded to the broker.
+    MqttConnected {
+        session: u64,
+        identity: String,
+        service: String,
+        /// Protocol level: 4 (3.1.1) or 5 (5.0).
+        protocol_level: u8,
+        /// The client id the broker sees.
+        client_id: String,
+        /// Whether the gateway replaced the client's id by the identity (`client_id = "rewrite"`).
+        client_id_rewritten: bool,
+        clean_start: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        will_topic: Option<String>,
+    },
+    /// The policy refused something in an MQTT session: a CONNECT (client id, will, no rule),
+    /// a PUBLISH, one SUBSCRIBE filter, or a message the broker delivered.
+    MqttDenied {
+        session: u64,
+        identity: String,
+        service: String,
+        /// `CONNECT`, `will`, `PUBLISH`, `SUBSCRIBE` or `deliver` (broker → client).
+        packet: &'static str,
+        /// The topic name, the subscription's filter, or for CONNECT the client id.
+        topic: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        qos: Option<u8>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        retain: bool,
+        /// The rule that came closest, if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rule: Option<String>,
+        reason: DenyReason,
+        /// What the peer was told: `CONNACK 0x87`, `PUBACK 0x87`, `SUBACK 0x80`, `PUBACK
+        /// (dropped)`, `dropped`, `disconnected`, …
+        response: String,
+    },
+    /// A SUBSCRIBE filter the policy allowed, forwarded to the broker.
+    MqttSubscribed {
+        session: u64,
+        identity: String,
+        service: String,
+        filter: String,
+        qos: u8,
+        /// The QoS the gateway asked the broker for (at most the rule's max_qos).
+        granted_max: u8,
+        rule: String,
+    },
+    /// A packet broke the MQTT specification or the session's limits; the session is closed.
+    MqttProtocolViolation {
+        session: u64,
+        identity: String,
+        service: String,
+        /// `downstream`: the client sent it; `upstream`: the broker did.
+        side: Side,
+        detail: String,
+        /// The v5 DISCONNECT reason code sent to the client, if one was sent.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        disconnect_reason: Option<u8>,
     },
     /// Events lost because the audit queue was full.
     AuditGap {

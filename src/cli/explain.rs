@@ -4,9 +4,10 @@
 //! `write_single_register unit=1 address=105 value=2000` — turned into the real ADU bytes and
 //! run through the same codec and the same `decide` as live traffic.
 
-use crate::config::Config;
-use crate::policy::{Decision, Policy};
+use crate::config::{ClientIdBinding, Config, Protocol};
+use crate::policy::{Decision, DenyReason, MqttAction, Policy, Subject};
 use crate::protocol::modbus::{self, Function, RequestError, preset};
+use crate::protocol::mqtt;
 use std::collections::HashMap;
 
 /// Parses `value` as decimal or `0x` hex.
@@ -148,20 +149,7 @@ pub fn explain(
     let (unit, pdu) = request_pdu(request)?;
     let adu = crate::demo::client::adu(1, unit, &pdu);
     let policy = Policy::compile(config.policy.clone());
-    let subject = policy.subject(identity, roles);
-    let role_names: Vec<&str> = subject
-        .roles()
-        .iter()
-        .map(|r| policy.role_name(*r))
-        .collect();
-    let mut out = format!(
-        "identity {identity}\nroles    {}\nservice  {service}\n",
-        if role_names.is_empty() {
-            "(none: no identity pattern matches)".to_string()
-        } else {
-            role_names.join(", ")
-        }
-    );
+    let (subject, mut out) = preamble(&policy, identity, roles, service);
     let request = match modbus::decode_request(&adu) {
         Ok(r) => r,
         Err(RequestError::Violation { violation, .. }) => {
@@ -190,7 +178,33 @@ pub fn explain(
         "request  {} unit {unit}{what}\n\n",
         request.function
     ));
-    let allowed = match policy.decide(service_id, &subject, &request) {
+    let decision = policy.decide(service_id, &subject, &request);
+    let allowed = describe(&policy, decision, &mut out);
+    Ok((allowed, out))
+}
+
+/// The identity, its roles and the service, as the first lines of every explanation.
+fn preamble(policy: &Policy, identity: &str, roles: &[String], service: &str) -> (Subject, String) {
+    let subject = policy.subject(identity, roles);
+    let role_names: Vec<&str> = subject
+        .roles()
+        .iter()
+        .map(|r| policy.role_name(*r))
+        .collect();
+    let out = format!(
+        "identity {identity}\nroles    {}\nservice  {service}\n",
+        if role_names.is_empty() {
+            "(none: no identity pattern matches)".to_string()
+        } else {
+            role_names.join(", ")
+        }
+    );
+    (subject, out)
+}
+
+/// Appends the decision and its rule; whether it allows.
+fn describe(policy: &Policy, decision: Decision, out: &mut String) -> bool {
+    match decision {
         Decision::Allow { rule } => {
             let r = policy.rule(rule);
             out.push_str(&format!(
@@ -211,13 +225,180 @@ pub fn explain(
                     policy.rule_id(rule),
                     policy.rule(rule).map_or("", |r| r.location.as_str())
                 )),
-                None => {
-                    out.push_str("  no rule of these roles allows this function on this service\n")
-                }
+                None => out.push_str(match reason {
+                    DenyReason::NoRuleForService => "  no rule of these roles names this service\n",
+                    DenyReason::Topic => "  no topic filter of these roles' rules matches\n",
+                    DenyReason::ClientId => {
+                        "  the service has client_id = \"require\" (\"rewrite\" would replace the id)\n"
+                    }
+                    _ => "  no rule of these roles allows this function on this service\n",
+                }),
             }
             false
         }
+    }
+}
+
+/// `publish topic=… qos=1 retain=false payload=100`, `subscribe filter=… qos=2`,
+/// `deliver topic=…` or `connect client_id=… will_topic=… will_qos=1 will_retain=false
+/// will_payload=10`: the decision the MQTT session would make, and why.
+pub fn explain_mqtt(
+    config: &Config,
+    identity: &str,
+    roles: &[String],
+    service: &str,
+    request: &str,
+) -> Result<(bool, String), String> {
+    let (service_id, svc) = config
+        .service_by_name(service)
+        .ok_or_else(|| format!("service \"{service}\" is not defined"))?;
+    if svc.protocol != Protocol::Mqtt {
+        return Err(format!("service \"{service}\" does not speak MQTT"));
+    }
+    let mut words = request.split_whitespace();
+    let verb = words
+        .next()
+        .ok_or("empty request: write e.g. \"publish topic=plant1/line1/s-7/telemetry qos=1\"")?;
+    let mut args = HashMap::new();
+    for w in words {
+        let (k, v) = w
+            .split_once('=')
+            .ok_or_else(|| format!("\"{w}\" is not key=value"))?;
+        args.insert(k, v);
+    }
+    let qos = |key: &str| -> Result<u8, String> {
+        match args.get(key) {
+            None => Ok(0),
+            Some(v) => match v.parse::<u8>() {
+                Ok(q) if q <= 2 => Ok(q),
+                _ => Err(format!("{key}={v}: QoS is 0, 1 or 2")),
+            },
+        }
     };
+    let flag = |key: &str| -> Result<bool, String> {
+        match args.get(key).copied() {
+            None | Some("false" | "0" | "no") => Ok(false),
+            Some("true" | "1" | "yes") => Ok(true),
+            Some(v) => Err(format!("{key}={v}: write true or false")),
+        }
+    };
+    let size = |key: &str| -> Result<usize, String> {
+        args.get(key).map_or(Ok(0), |v| {
+            v.parse()
+                .map_err(|_| format!("{key}={v}: not a size in bytes"))
+        })
+    };
+    let topic = |key: &str| -> Result<&str, String> {
+        let t = args
+            .get(key)
+            .copied()
+            .ok_or_else(|| format!("missing {key}=…"))?;
+        if !mqtt::valid_topic_name(t) {
+            return Err(format!(
+                "{key}={t}: not a valid topic name (no wildcards, not empty)"
+            ));
+        }
+        Ok(t)
+    };
+    let policy = Policy::compile(config.policy.clone());
+    let (subject, mut out) = preamble(&policy, identity, roles, service);
+    let decision = match verb {
+        "publish" => {
+            let (topic, qos, retain, payload) = (
+                topic("topic")?,
+                qos("qos")?,
+                flag("retain")?,
+                size("payload")?,
+            );
+            out.push_str(&format!(
+                "request  PUBLISH topic {topic} QoS {qos} retain {retain} payload {payload} bytes\n\n"
+            ));
+            let action = MqttAction::Publish {
+                topic,
+                qos,
+                retain,
+                payload_len: payload,
+            };
+            policy.decide_mqtt(service_id, &subject, identity, action)
+        }
+        "subscribe" => {
+            let filter = args.get("filter").copied().ok_or("missing filter=…")?;
+            let requested = qos("qos")?;
+            let inner = mqtt::split_shared(filter).map_or(filter, |(_, f)| f);
+            if !mqtt::valid_topic_filter(inner) {
+                return Err(format!("filter={filter}: not a valid topic filter"));
+            }
+            out.push_str(&format!(
+                "request  SUBSCRIBE filter {filter} QoS {requested}\n\n"
+            ));
+            let decision = policy.decide_mqtt(
+                service_id,
+                &subject,
+                identity,
+                MqttAction::Subscribe { filter: inner },
+            );
+            if let Decision::Allow { rule } = decision {
+                let granted = requested.min(policy.mqtt_max_qos(rule));
+                out.push_str(&format!("granted QoS {granted}\n"));
+            }
+            decision
+        }
+        "deliver" => {
+            let topic = topic("topic")?;
+            out.push_str(&format!(
+                "request  broker delivers PUBLISH topic {topic}\n\n"
+            ));
+            policy.decide_mqtt(
+                service_id,
+                &subject,
+                identity,
+                MqttAction::Deliver { topic },
+            )
+        }
+        "connect" => {
+            let client_id = args.get("client_id").copied().unwrap_or(identity);
+            out.push_str(&format!("request  CONNECT client id {client_id}"));
+            if !policy.admits(service_id, &subject) {
+                out.push_str("\n\n");
+                Decision::Deny {
+                    rule: None,
+                    reason: DenyReason::NoRuleForService,
+                }
+            } else if svc.mqtt.client_id == ClientIdBinding::Require && client_id != identity {
+                out.push_str("\n\n");
+                Decision::Deny {
+                    rule: None,
+                    reason: DenyReason::ClientId,
+                }
+            } else if args.contains_key("will_topic") {
+                let (topic, qos, retain, payload) = (
+                    topic("will_topic")?,
+                    qos("will_qos")?,
+                    flag("will_retain")?,
+                    size("will_payload")?,
+                );
+                out.push_str(&format!(
+                    ", will topic {topic} QoS {qos} retain {retain} payload {payload} bytes\n\n"
+                ));
+                let action = MqttAction::Publish {
+                    topic,
+                    qos,
+                    retain,
+                    payload_len: payload,
+                };
+                policy.decide_mqtt(service_id, &subject, identity, action)
+            } else {
+                out.push_str("\n\nALLOW: the identity may use this service\n");
+                return Ok((true, out));
+            }
+        }
+        other => {
+            return Err(format!(
+                "\"{other}\": write publish, subscribe, deliver or connect"
+            ));
+        }
+    };
+    let allowed = describe(&policy, decision, &mut out);
     Ok((allowed, out))
 }
 

@@ -55,8 +55,12 @@ pub enum Command {
         #[arg(long)]
         service: String,
         /// e.g. "write_single_register unit=1 address=105 value=2000"
+        #[arg(long, required_unless_present = "mqtt", conflicts_with = "mqtt")]
+        modbus: Option<String>,
+        /// e.g. "publish topic=plant1/line1/s-7/telemetry qos=1", "subscribe filter=plant1/#",
+        /// "connect client_id=s-7 will_topic=… will_qos=1"
         #[arg(long)]
-        modbus: String,
+        mqtt: Option<String>,
     },
     /// Run the whole gateway on loopback with a throw-away PKI, a simulated PLC and a scripted HMI.
     Demo,
@@ -98,12 +102,22 @@ pub fn main(cli: Cli) -> ExitCode {
             certificate_roles,
             service,
             modbus,
+            mqtt,
         } => {
             let config = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match explain::explain(&config, &identity, &certificate_roles, &service, &modbus) {
+            let result = match (modbus, mqtt) {
+                (_, Some(mqtt)) => {
+                    explain::explain_mqtt(&config, &identity, &certificate_roles, &service, &mqtt)
+                }
+                (Some(modbus), None) => {
+                    explain::explain(&config, &identity, &certificate_roles, &service, &modbus)
+                }
+                (None, None) => Err("give --modbus \"…\" or --mqtt \"…\"".to_string()),
+            };
+            match result {
                 Ok((allowed, text)) => {
                     print!("{text}");
                     if allowed {
@@ -178,9 +192,17 @@ fn check(path: &Path) -> ExitCode {
     // Like `nginx -t`: the files the gateway would load must load too. In a policy repository
     // (CI, an engineer's laptop) the keys are not there: say so, and check the rest.
     let tls = &config.tls;
+    let upstream_tls: Vec<(&str, &crate::config::UpstreamTls)> = config
+        .services
+        .iter()
+        .filter_map(|s| s.upstream_tls.as_ref().map(|t| (s.name.as_str(), t)))
+        .collect();
     let missing: Vec<String> = [&tls.client_ca, &tls.cert, &tls.key]
         .into_iter()
         .chain(&tls.crls)
+        .chain(upstream_tls.iter().flat_map(|(_, t)| {
+            std::iter::once(&t.ca).chain(t.client_cert.iter().flat_map(|(c, k)| [c, k]))
+        }))
         .filter(|p| !p.exists())
         .map(|p| p.display().to_string())
         .collect();
@@ -188,6 +210,15 @@ fn check(path: &Path) -> ExitCode {
         if let Err(e) = crate::tls::ServerMaterial::load(tls) {
             eprintln!("{}: tls: {e}", path.display());
             return ExitCode::from(EXIT_CONFIG);
+        }
+        for (service, t) in &upstream_tls {
+            if let Err(e) = crate::session::UpstreamTlsClient::load(t) {
+                eprintln!(
+                    "{}: service \"{service}\" upstream_tls: {e}",
+                    path.display()
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
         }
     } else {
         eprintln!(

@@ -8,9 +8,11 @@
 mod model;
 pub mod raw;
 mod source;
+mod topic;
 
 pub use model::*;
 pub use source::{ConfigError, ConfigErrors, MAX_FILE_SIZE, SourceFile};
+pub use topic::{IDENTITY, check_filter};
 
 use crate::protocol::modbus::{Function, preset};
 use raw::{FunctionSpec, RangeSpec, RawConfig, RawModbusRule, RawPolicyFile, RawRule};
@@ -84,7 +86,7 @@ impl Config {
                 c.err(main, s.name.span(), format!("duplicate service \"{name}\""));
                 continue;
             }
-            let service = c.service(main, s);
+            let service = c.service(main, s, base);
             service_ids.insert(name, ServiceId(services.len()));
             services.push(service);
         }
@@ -758,20 +760,29 @@ impl Compiler {
         }
     }
 
-    fn service(&mut self, file: &SourceFile, s: &raw::RawService) -> Service {
+    fn service(&mut self, file: &SourceFile, s: &raw::RawService, base: &Path) -> Service {
         let protocol = match s.protocol.get_ref().as_str() {
             "modbus" => Protocol::Modbus,
+            "mqtt" => Protocol::Mqtt,
             other => {
                 // Reported here; the service stays defined so rules naming it do not pile up
                 // follow-on errors.
                 self.err(
                     file,
                     s.protocol.span(),
-                    format!("protocol \"{other}\" is not supported (supported: \"modbus\")"),
+                    format!(
+                        "protocol \"{other}\" is not supported (supported: \"modbus\", \"mqtt\")"
+                    ),
                 );
                 Protocol::Modbus
             }
         };
+        self.protocol_fields(file, s, protocol);
+        let mqtt = self.mqtt_settings(file, s);
+        let upstream_tls = s
+            .upstream_tls
+            .as_ref()
+            .map(|t| self.upstream_tls(file, t, s.upstream.get_ref(), base));
         let upstream = s.upstream.get_ref();
         let port_ok = upstream.rsplit_once(':').is_some_and(|(host, port)| {
             !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
@@ -852,6 +863,173 @@ impl Compiler {
                 Duration::from_secs(60),
             ),
             on_deny,
+            mqtt,
+            upstream_tls,
+        }
+    }
+
+    /// Settings that mean something for one protocol only are refused on the other, so a
+    /// misplaced line is an error rather than silently ignored.
+    fn protocol_fields(&mut self, file: &SourceFile, s: &raw::RawService, protocol: Protocol) {
+        let modbus_only = [
+            (
+                "units",
+                s.units.as_ref().and_then(|u| u.first()).map(|u| u.span()),
+            ),
+            (
+                "upstream_in_flight",
+                s.upstream_in_flight.as_ref().map(|v| v.span()),
+            ),
+            (
+                "max_outstanding",
+                s.max_outstanding.as_ref().map(|v| v.span()),
+            ),
+            (
+                "response_timeout",
+                s.response_timeout.as_ref().map(|v| v.span()),
+            ),
+            ("on_deny", s.on_deny.as_ref().map(|v| v.span())),
+        ];
+        let mqtt_only = [
+            (
+                "max_packet_size",
+                s.max_packet_size.as_ref().map(|v| v.span()),
+            ),
+            ("client_id", s.client_id.as_ref().map(|v| v.span())),
+            (
+                "denied_publish_v311",
+                s.denied_publish_v311.as_ref().map(|v| v.span()),
+            ),
+            (
+                "topic_alias_maximum",
+                s.topic_alias_maximum.as_ref().map(|v| v.span()),
+            ),
+            ("upstream_tls", s.upstream_tls.as_ref().map(|v| v.span())),
+        ];
+        let (other, fields) = match protocol {
+            Protocol::Modbus => ("mqtt", mqtt_only),
+            Protocol::Mqtt => ("modbus", modbus_only),
+        };
+        for (name, span) in fields {
+            if let Some(span) = span {
+                self.err(
+                    file,
+                    span,
+                    format!(
+                        "{name} applies to {other} services only; service \"{}\" speaks {}",
+                        s.name.get_ref(),
+                        protocol.name()
+                    ),
+                );
+            }
+        }
+    }
+
+    fn mqtt_settings(&mut self, file: &SourceFile, s: &raw::RawService) -> MqttSettings {
+        let defaults = MqttSettings::default();
+        let client_id = match s
+            .client_id
+            .as_ref()
+            .map(|v| (v.get_ref().as_str(), v.span()))
+        {
+            None | Some(("require", _)) => ClientIdBinding::Require,
+            Some(("rewrite", _)) => ClientIdBinding::Rewrite,
+            Some((other, span)) => {
+                self.err(
+                    file,
+                    span,
+                    format!("client_id \"{other}\" must be \"require\" or \"rewrite\""),
+                );
+                defaults.client_id
+            }
+        };
+        let denied_publish_v311 = match s
+            .denied_publish_v311
+            .as_ref()
+            .map(|v| (v.get_ref().as_str(), v.span()))
+        {
+            None | Some(("acknowledge", _)) => DeniedPublishV311::Acknowledge,
+            Some(("disconnect", _)) => DeniedPublishV311::Disconnect,
+            Some((other, span)) => {
+                self.err(
+                    file,
+                    span,
+                    format!(
+                        "denied_publish_v311 \"{other}\" must be \"acknowledge\" or \"disconnect\""
+                    ),
+                );
+                defaults.denied_publish_v311
+            }
+        };
+        MqttSettings {
+            // At least a CONNECT with short fields; at most what MQTT can frame.
+            max_packet_size: self.count(
+                file,
+                "max_packet_size",
+                s.max_packet_size.as_ref(),
+                defaults.max_packet_size,
+                64..=268_435_460,
+            ),
+            client_id,
+            denied_publish_v311,
+            topic_alias_maximum: u16::try_from(self.count(
+                file,
+                "topic_alias_maximum",
+                s.topic_alias_maximum.as_ref(),
+                usize::from(defaults.topic_alias_maximum),
+                0..=1024,
+            ))
+            .unwrap_or(defaults.topic_alias_maximum),
+        }
+    }
+
+    fn upstream_tls(
+        &mut self,
+        file: &SourceFile,
+        t: &Spanned<raw::RawUpstreamTls>,
+        upstream: &str,
+        base: &Path,
+    ) -> UpstreamTls {
+        let raw = t.get_ref();
+        let client_cert = match (&raw.cert, &raw.key) {
+            (Some(c), Some(k)) => Some((base.join(c.get_ref()), base.join(k.get_ref()))),
+            (None, None) => None,
+            _ => {
+                self.err(
+                    file,
+                    t.span(),
+                    "upstream_tls needs both cert and key, or neither",
+                );
+                None
+            }
+        };
+        let server_name = match &raw.server_name {
+            Some(n) => {
+                if rustls::pki_types::ServerName::try_from(n.get_ref().as_str()).is_err() {
+                    self.err(
+                        file,
+                        n.span(),
+                        format!(
+                            "server_name \"{}\" is not a DNS name or IP address",
+                            n.get_ref()
+                        ),
+                    );
+                }
+                n.get_ref().clone()
+            }
+            None => {
+                let host = upstream
+                    .rsplit_once(':')
+                    .map_or(upstream, |(h, _)| h)
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                host.to_string()
+            }
+        };
+        UpstreamTls {
+            ca: base.join(raw.ca.get_ref()),
+            client_cert,
+            server_name,
         }
     }
 
@@ -1083,14 +1261,28 @@ impl Compiler {
                 format!("rule \"{}\" names no services", r.id.get_ref()),
             );
         }
-        let modbus = match &r.modbus {
-            Some(m) => Some(self.modbus_rule(f, m)),
-            None => {
+        let modbus = r.modbus.as_ref().map(|m| self.modbus_rule(f, m));
+        let mqtt = r.mqtt.as_ref().map(|m| self.mqtt_rule(f, m));
+        let protocol = match (&modbus, &mqtt) {
+            (Some(_), None) => Some(Protocol::Modbus),
+            (None, Some(_)) => Some(Protocol::Mqtt),
+            (None, None) => {
                 self.err(
                     f,
                     r.id.span(),
                     format!(
-                        "rule \"{}\" says nothing it allows: add a [rule.modbus] table",
+                        "rule \"{}\" says nothing it allows: add a [rule.modbus] or [rule.mqtt] table",
+                        r.id.get_ref()
+                    ),
+                );
+                None
+            }
+            (Some(_), Some(_)) => {
+                self.err(
+                    f,
+                    r.id.span(),
+                    format!(
+                        "rule \"{}\" has both [rule.modbus] and [rule.mqtt]: write one rule per protocol",
                         r.id.get_ref()
                     ),
                 );
@@ -1098,14 +1290,18 @@ impl Compiler {
             }
         };
         for (id, s) in rule_services.iter().zip(r.services.iter()) {
-            if let Some(service) = services.get(id.0)
-                && modbus.is_some()
-                && service.protocol != Protocol::Modbus
+            if let (Some(service), Some(protocol)) = (services.get(id.0), protocol)
+                && service.protocol != protocol
             {
                 self.err(
                     f,
                     s.span(),
-                    format!("service \"{}\" does not speak Modbus", service.name),
+                    format!(
+                        "service \"{}\" speaks {}, but this rule is a [rule.{}] rule",
+                        service.name,
+                        service.protocol.name(),
+                        protocol.name()
+                    ),
                 );
             }
         }
@@ -1116,7 +1312,53 @@ impl Compiler {
             roles,
             services: rule_services,
             modbus,
+            mqtt,
         })
+    }
+
+    fn mqtt_rule(&mut self, f: &SourceFile, m: &Spanned<raw::RawMqttRule>) -> MqttMatch {
+        let raw = m.get_ref();
+        let mut filters = |list: &[Spanned<String>]| -> Vec<String> {
+            let mut out = Vec::new();
+            for filter in list {
+                match check_filter(filter.get_ref()) {
+                    Ok(()) => out.push(filter.get_ref().clone()),
+                    Err(e) => self.err(
+                        f,
+                        filter.span(),
+                        format!("topic filter \"{}\": {e}", filter.get_ref().escape_debug()),
+                    ),
+                }
+            }
+            out
+        };
+        let publish = filters(&raw.publish);
+        let subscribe = filters(&raw.subscribe);
+        if raw.publish.is_empty() && raw.subscribe.is_empty() {
+            self.err(
+                f,
+                m.span(),
+                "a [rule.mqtt] table lists neither publish nor subscribe filters: it allows nothing",
+            );
+        }
+        let max_qos =
+            u8::try_from(self.count(f, "max_qos", raw.max_qos.as_ref(), 2, 0..=2)).unwrap_or(2);
+        let max_payload = raw.max_payload.as_ref().map(|_| {
+            self.count(
+                f,
+                "max_payload",
+                raw.max_payload.as_ref(),
+                0,
+                0..=268_435_455,
+            )
+        });
+        MqttMatch {
+            publish,
+            subscribe,
+            max_qos,
+            retain: raw.retain.unwrap_or(false),
+            max_payload,
+        }
     }
 
     fn modbus_rule(&mut self, f: &SourceFile, m: &RawModbusRule) -> ModbusMatch {

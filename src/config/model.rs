@@ -117,6 +117,71 @@ pub struct ServiceId(pub usize);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
     Modbus,
+    Mqtt,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Modbus => "modbus",
+            Protocol::Mqtt => "mqtt",
+        }
+    }
+}
+
+/// How the MQTT client id relates to the certificate identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientIdBinding {
+    /// The client id must equal the identity; anything else is refused at CONNECT.
+    Require,
+    /// The gateway replaces whatever the client sent by the identity.
+    Rewrite,
+}
+
+/// What happens to a PUBLISH the policy denies on an MQTT 3.1.1 session (3.1.1 has no reason
+/// code to refuse one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeniedPublishV311 {
+    /// Acknowledge it as if delivered (PUBACK, or PUBREC … PUBCOMP) and drop it: what
+    /// Mosquitto does for an ACL denial. The client never learns the message was dropped.
+    Acknowledge,
+    /// Close the connection: what HiveMQ and VerneMQ do. The client learns, and reconnects.
+    Disconnect,
+}
+
+/// Settings of an MQTT service.
+#[derive(Clone, Debug)]
+pub struct MqttSettings {
+    /// Largest packet accepted from either side (fixed header included); advertised in the
+    /// v5 CONNACK.
+    pub max_packet_size: usize,
+    pub client_id: ClientIdBinding,
+    pub denied_publish_v311: DeniedPublishV311,
+    /// Topic aliases per direction the gateway tracks (and advertises to the client in the
+    /// v5 CONNACK, at most what the broker allows).
+    pub topic_alias_maximum: u16,
+}
+
+impl Default for MqttSettings {
+    fn default() -> MqttSettings {
+        MqttSettings {
+            max_packet_size: 256 * 1024,
+            client_id: ClientIdBinding::Require,
+            denied_publish_v311: DeniedPublishV311::Acknowledge,
+            topic_alias_maximum: 32,
+        }
+    }
+}
+
+/// TLS from the gateway to the upstream (for brokers that require it).
+#[derive(Clone, Debug)]
+pub struct UpstreamTls {
+    /// CA bundle the upstream's certificate must chain to.
+    pub ca: PathBuf,
+    /// The gateway's client certificate and key, for upstreams that require one.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Name the upstream's certificate must carry (DNS name or IP address).
+    pub server_name: String,
 }
 
 /// How a request the policy denies is answered.
@@ -149,6 +214,9 @@ pub struct Service {
     pub response_timeout: Duration,
     pub upstream_idle_timeout: Duration,
     pub on_deny: OnDeny,
+    /// MQTT services only.
+    pub mqtt: MqttSettings,
+    pub upstream_tls: Option<UpstreamTls>,
 }
 
 #[derive(Clone, Debug)]
@@ -207,6 +275,7 @@ pub struct RuleDef {
     pub roles: Vec<RoleId>,
     pub services: Vec<ServiceId>,
     pub modbus: Option<ModbusMatch>,
+    pub mqtt: Option<MqttMatch>,
 }
 
 impl RuleDef {
@@ -246,6 +315,22 @@ impl RuleDef {
                 .any(|f| a.functions.contains(*f) && b.functions.contains(*f))
             && a.write_addresses.overlaps(&b.write_addresses)
     }
+}
+
+/// What a rule allows of MQTT sessions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MqttMatch {
+    /// Topic filters the subject may publish to (`{identity}` substituted per session).
+    pub publish: Vec<String>,
+    /// Topic filters the subject may subscribe to; every subscription must lie inside one.
+    pub subscribe: Vec<String>,
+    /// Highest QoS allowed (0..=2): a higher publish is denied, a higher subscription is
+    /// granted at this QoS.
+    pub max_qos: u8,
+    /// Whether publishes may set the retain flag.
+    pub retain: bool,
+    /// Largest application payload allowed in a publish (and a will).
+    pub max_payload: Option<usize>,
 }
 
 /// What a rule allows of Modbus requests.

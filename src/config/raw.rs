@@ -128,6 +128,29 @@ pub struct RawService {
     /// How a policy denial is answered: `illegal_function` (default, Modbus/TCP Security
     /// R-31), `illegal_data_address` (for address and value denials) or `reset`.
     pub on_deny: Option<Spanned<String>>,
+    /// MQTT: the largest packet, in bytes, accepted from either side.
+    pub max_packet_size: Option<Spanned<i64>>,
+    /// MQTT: `require` (default: the client id must equal the certificate identity) or
+    /// `rewrite` (the gateway replaces it by the identity).
+    pub client_id: Option<Spanned<String>>,
+    /// MQTT 3.1.1: a denied PUBLISH is `acknowledge`d and dropped (default) or `disconnect`s.
+    pub denied_publish_v311: Option<Spanned<String>>,
+    /// MQTT 5.0: topic aliases the gateway tracks per direction.
+    pub topic_alias_maximum: Option<Spanned<i64>>,
+    /// TLS to the upstream.
+    pub upstream_tls: Option<Spanned<RawUpstreamTls>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// CA bundle the upstream's certificate must chain to.
+    pub ca: Spanned<String>,
+    /// The gateway's client certificate and key, for upstreams that require one.
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    /// Default: the host part of `upstream`.
+    pub server_name: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -187,6 +210,24 @@ pub struct RawRule {
     pub roles: Vec<Spanned<String>>,
     pub services: Vec<Spanned<String>>,
     pub modbus: Option<RawModbusRule>,
+    pub mqtt: Option<Spanned<RawMqttRule>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMqttRule {
+    /// Topic filters that may be published to; `{identity}` is the client's identity.
+    #[serde(default)]
+    pub publish: Vec<Spanned<String>>,
+    /// Topic filters that may be subscribed to (a subscription must lie inside one).
+    #[serde(default)]
+    pub subscribe: Vec<Spanned<String>>,
+    /// 0, 1 or 2 (default 2).
+    pub max_qos: Option<Spanned<i64>>,
+    /// Whether the retain flag may be set (default false).
+    pub retain: Option<bool>,
+    /// Largest payload in bytes (default: only the service's max_packet_size).
+    pub max_payload: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

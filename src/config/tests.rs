@@ -39,11 +39,20 @@ fn the_shipped_example_loads_without_warnings() {
         "/ztgate.toml"
     )))
     .expect("example config is valid");
-    assert_eq!(config.services.len(), 1);
-    assert_eq!(config.policy.rules.len(), 5);
+    assert_eq!(config.services.len(), 2);
+    assert_eq!(config.policy.rules.len(), 9);
     assert!(config.warnings.is_empty(), "{:?}", config.warnings);
     let (_, plc) = config.service_by_name("plc-line1").expect("service");
     assert_eq!(plc.upstream_in_flight, 1);
+    let (_, broker) = config.service_by_name("broker-line1").expect("service");
+    assert_eq!(broker.protocol, Protocol::Mqtt);
+    assert_eq!(broker.mqtt.max_packet_size, 262_144);
+    assert_eq!(broker.mqtt.client_id, ClientIdBinding::Require);
+    assert_eq!(
+        broker.mqtt.denied_publish_v311,
+        DeniedPublishV311::Acknowledge
+    );
+    assert!(broker.upstream_tls.is_none());
     assert_eq!(
         config.tls.client_ca,
         Path::new(env!("CARGO_MANIFEST_DIR")).join("certs/ca.pem")

@@ -47,6 +47,20 @@ pub fn example_config(dir: &Path, plc: SocketAddr) -> Result<Config, crate::conf
     raw.tls.client_ca = here(dir.join("ca.pem").display().to_string());
     raw.tls.cert = here(dir.join("gateway.pem").display().to_string());
     raw.tls.key = here(dir.join("gateway.key").display().to_string());
+    // The demo's peer is a simulated PLC: the example's MQTT listener and broker stay out
+    // (their policies are not embedded either; tests/mqtt_gateway.rs runs them against a real
+    // Mosquitto).
+    raw.services.retain(|s| s.protocol.get_ref() == "modbus");
+    let modbus: Vec<String> = raw
+        .services
+        .iter()
+        .map(|s| s.name.get_ref().clone())
+        .collect();
+    raw.listeners.retain(|l| {
+        l.default_service
+            .as_ref()
+            .is_none_or(|d| modbus.contains(d.get_ref()))
+    });
     for l in &mut raw.listeners {
         l.bind = here("127.0.0.1:0".to_string());
         l.zones = None;

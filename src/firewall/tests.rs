@@ -46,7 +46,10 @@ fn the_example_opens_only_what_it_declares() {
     assert!(text.contains(
         "iifname \"enp3s0\" ip saddr 192.168.100.0/24 tcp dport 22 counter accept comment \"allow ssh from mgmt\""
     ));
-    assert!(text.contains("elements = { 10.10.1.10 . 502 }"));
+    assert!(text.contains(
+        "iifname \"enp1s0\" ip saddr 10.1.0.0/16 tcp dport 8883 counter accept comment \"listener mqtt-tls from it\""
+    ));
+    assert!(text.contains("elements = { 10.10.1.10 . 502, 10.10.1.20 . 1883 }"));
     assert!(
         text.contains(
             "chain forward {\n\t\ttype filter hook forward priority filter; policy drop;"

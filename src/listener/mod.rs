@@ -252,7 +252,17 @@ async fn admit<S>(
         });
     };
     if !policy.admits(service_id, &subject) {
-        return deny("no rule lets this identity use the service".to_string());
+        deny("no rule lets this identity use the service".to_string());
+        if service.protocol == crate::config::Protocol::Mqtt {
+            // MQTT clients expect a CONNACK that says why, not a bare close.
+            session::refuse_mqtt(
+                stream,
+                shared.config.limits.frame_timeout,
+                service.mqtt.max_packet_size,
+            )
+            .await;
+        }
+        return;
     }
     if !shared.sessions_begin() {
         shared.sessions_end(None);
@@ -293,6 +303,7 @@ async fn admit<S>(
         policy: shared.policy.clone(),
         audit: shared.audit.clone(),
         upstream_slots: shared.upstream_slots[service_id.0].clone(),
+        upstream_tls: shared.upstream_tls.get(service_id.0).cloned().flatten(),
         idle_timeout: shared.config.limits.idle_timeout,
         frame_timeout: shared.config.limits.frame_timeout,
         shutdown: shared.shutdown.clone(),

@@ -6,7 +6,9 @@
 //! lookups and a binary search, never a scan of every rule. Default deny: a request no rule
 //! allows is denied, with the reason that came closest to being allowed.
 
-use crate::config::{ModbusMatch, PolicyModel, RoleId, RuleDef, ServiceId};
+pub(crate) mod topics;
+
+use crate::config::{ModbusMatch, MqttMatch, PolicyModel, RoleId, RuleDef, ServiceId};
 use crate::protocol::modbus::{Access, Request, Span, Written};
 use std::collections::HashMap;
 use std::fmt;
@@ -65,6 +67,17 @@ pub enum DenyReason {
     },
     /// A coil state the rule does not allow setting.
     Coil { address: u16, on: bool },
+    /// MQTT: no rule of these roles has a filter for this topic (publish, delivery) or one
+    /// that contains this subscription.
+    Topic,
+    /// MQTT: a publish above the QoS the matching rule allows.
+    Qos { qos: u8, max: u8 },
+    /// MQTT: a retained publish and the matching rule does not allow retain.
+    Retain,
+    /// MQTT: a payload larger than the matching rule allows.
+    Payload { size: usize, max: usize },
+    /// MQTT: the client id is not the certificate identity (`client_id = "require"`).
+    ClientId,
 }
 
 impl DenyReason {
@@ -75,7 +88,13 @@ impl DenyReason {
             DenyReason::Unit => 2,
             DenyReason::Broadcast => 3,
             DenyReason::Address => 4,
-            DenyReason::Value { .. } | DenyReason::MaskValue { .. } | DenyReason::Coil { .. } => 5,
+            DenyReason::Topic | DenyReason::ClientId => 1,
+            DenyReason::Value { .. }
+            | DenyReason::MaskValue { .. }
+            | DenyReason::Coil { .. }
+            | DenyReason::Qos { .. }
+            | DenyReason::Retain
+            | DenyReason::Payload { .. } => 5,
         }
     }
 
@@ -123,6 +142,20 @@ impl fmt::Display for DenyReason {
                 "setting coil {address} {} is not allowed",
                 if *on { "ON" } else { "OFF" }
             ),
+            DenyReason::Topic => write!(f, "no rule allows this topic"),
+            DenyReason::Qos { qos, max } => {
+                write!(f, "QoS {qos} above the rule's max_qos {max}")
+            }
+            DenyReason::Retain => write!(f, "retain flag set and the rule does not allow retain"),
+            DenyReason::Payload { size, max } => {
+                write!(
+                    f,
+                    "payload of {size} bytes above the rule's max_payload {max}"
+                )
+            }
+            DenyReason::ClientId => {
+                write!(f, "client id is not the certificate identity")
+            }
         }
     }
 }
@@ -187,6 +220,31 @@ pub struct Policy {
     roles_by_name: HashMap<String, RoleId>,
     /// `[service][role]`.
     index: Vec<Vec<Option<RoleIndex>>>,
+    /// `[service][role]`: MQTT rules.
+    mqtt: Vec<Vec<Option<MqttRoleIndex>>>,
+}
+
+/// The MQTT rules of one (service, role): their filters in two tries.
+#[derive(Clone, Debug, Default)]
+struct MqttRoleIndex {
+    publish: topics::Node,
+    subscribe: topics::Node,
+}
+
+/// An MQTT action to decide, as the session decoded it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MqttAction<'a> {
+    /// A PUBLISH from the client, or the will of its CONNECT.
+    Publish {
+        topic: &'a str,
+        qos: u8,
+        retain: bool,
+        payload_len: usize,
+    },
+    /// One filter of a SUBSCRIBE (a `$share/<group>/` prefix already removed).
+    Subscribe { filter: &'a str },
+    /// A PUBLISH the broker delivers to the client: only on topics the client may subscribe to.
+    Deliver { topic: &'a str },
 }
 
 /// Which address set of a rule indexes a function: `Some(true)` the write set, `Some(false)`
@@ -282,13 +340,43 @@ impl Policy {
                 }
             }
         }
+        let mqtt = Self::compile_mqtt(&model);
         Policy {
             model,
             exact,
             prefixes,
             roles_by_name,
             index,
+            mqtt,
         }
+    }
+
+    fn compile_mqtt(model: &PolicyModel) -> Vec<Vec<Option<MqttRoleIndex>>> {
+        let mut index: Vec<Vec<Option<MqttRoleIndex>>> = (0..model.services.len())
+            .map(|_| vec![None; model.roles.len()])
+            .collect();
+        for (n, rule) in model.rules.iter().enumerate() {
+            let Some(m) = &rule.mqtt else { continue };
+            let r = RuleRef(u32::try_from(n).unwrap_or(u32::MAX));
+            for service in &rule.services {
+                for role in &rule.roles {
+                    let Some(entry) = index
+                        .get_mut(service.0)
+                        .and_then(|roles| roles.get_mut(role.0))
+                    else {
+                        continue;
+                    };
+                    let role_index = entry.get_or_insert_with(MqttRoleIndex::default);
+                    for filter in &m.publish {
+                        role_index.publish.insert(filter, r);
+                    }
+                    for filter in &m.subscribe {
+                        role_index.subscribe.insert(filter, r);
+                    }
+                }
+            }
+        }
+        index
     }
 
     pub fn model(&self) -> &PolicyModel {
@@ -340,10 +428,130 @@ impl Policy {
 
     /// Admission: whether any rule lets this subject use the service at all.
     pub fn admits(&self, service: ServiceId, subject: &Subject) -> bool {
-        subject
-            .roles
-            .iter()
-            .any(|role| self.role_index(service, *role).is_some())
+        subject.roles.iter().any(|role| {
+            self.role_index(service, *role).is_some() || self.mqtt_index(service, *role).is_some()
+        })
+    }
+
+    fn mqtt_index(&self, service: ServiceId, role: RoleId) -> Option<&MqttRoleIndex> {
+        self.mqtt.get(service.0)?.get(role.0)?.as_ref()
+    }
+
+    fn mqtt_rule(&self, r: RuleRef) -> Option<&MqttMatch> {
+        self.rule(r)?.mqtt.as_ref()
+    }
+
+    /// What this subject's MQTT rules for the service allow at most: (highest `max_qos`,
+    /// whether any allows retain). Advertised in the v5 CONNACK.
+    pub fn mqtt_limits(&self, service: ServiceId, subject: &Subject) -> (u8, bool) {
+        let mut limits = (0u8, false);
+        for rule in &self.model.rules {
+            let Some(m) = &rule.mqtt else { continue };
+            if rule.services.contains(&service)
+                && rule.roles.iter().any(|r| subject.roles.contains(r))
+            {
+                limits = (limits.0.max(m.max_qos), limits.1 || m.retain);
+            }
+        }
+        limits
+    }
+
+    /// The highest QoS a subscription allowed by `rule` is granted.
+    pub fn mqtt_max_qos(&self, rule: RuleRef) -> u8 {
+        self.mqtt_rule(rule).map_or(0, |m| m.max_qos)
+    }
+
+    /// Decides one MQTT action of a session whose certificate identity is `identity` (for the
+    /// rules' `{identity}` filters). Pure, like [`Policy::decide`].
+    ///
+    /// A publish is allowed by the first rule (in declaration order) whose filter matches the
+    /// topic and whose QoS, retain and payload limits it meets; a subscription by the rule
+    /// that covers the filter with the highest `max_qos`; a delivery by any rule whose
+    /// subscribe filters match the topic.
+    pub fn decide_mqtt(
+        &self,
+        service: ServiceId,
+        subject: &Subject,
+        identity: &str,
+        action: MqttAction<'_>,
+    ) -> Decision {
+        let mut any_index = false;
+        let mut allow: Option<RuleRef> = None;
+        let mut closest: Option<(DenyReason, RuleRef)> = None;
+        for role in &subject.roles {
+            let Some(ri) = self.mqtt_index(service, *role) else {
+                continue;
+            };
+            any_index = true;
+            match action {
+                MqttAction::Publish {
+                    topic,
+                    qos,
+                    retain,
+                    payload_len,
+                } => ri.publish.matches(topic, identity, &mut |r| {
+                    let Some(m) = self.mqtt_rule(r) else { return };
+                    let verdict = if qos > m.max_qos {
+                        Err(DenyReason::Qos {
+                            qos,
+                            max: m.max_qos,
+                        })
+                    } else if retain && !m.retain {
+                        Err(DenyReason::Retain)
+                    } else if let Some(max) = m.max_payload.filter(|max| payload_len > *max) {
+                        Err(DenyReason::Payload {
+                            size: payload_len,
+                            max,
+                        })
+                    } else {
+                        Ok(())
+                    };
+                    match verdict {
+                        Ok(()) => {
+                            if allow.is_none_or(|a| r.0 < a.0) {
+                                allow = Some(r);
+                            }
+                        }
+                        Err(reason) => {
+                            if closest.is_none_or(|(_, c)| r.0 < c.0) {
+                                closest = Some((reason, r));
+                            }
+                        }
+                    }
+                }),
+                MqttAction::Subscribe { filter } => {
+                    ri.subscribe.covers(filter, identity, &mut |r| {
+                        let better = allow.is_none_or(|a| {
+                            let (qa, qr) = (self.mqtt_max_qos(a), self.mqtt_max_qos(r));
+                            qr > qa || (qr == qa && r.0 < a.0)
+                        });
+                        if better {
+                            allow = Some(r);
+                        }
+                    })
+                }
+                MqttAction::Deliver { topic } => ri.subscribe.matches(topic, identity, &mut |r| {
+                    if allow.is_none_or(|a| r.0 < a.0) {
+                        allow = Some(r);
+                    }
+                }),
+            }
+        }
+        match (allow, closest) {
+            (Some(rule), _) => Decision::Allow { rule },
+            (None, Some((reason, rule))) => Decision::Deny {
+                rule: Some(rule),
+                reason,
+            },
+            (None, None) => Decision::Deny {
+                rule: None,
+                reason: if any_index {
+                    DenyReason::Topic
+                } else {
+                    DenyReason::NoRuleForService
+                },
+            },
+        }
     }
 
     /// Decides one Modbus request. Pure: same inputs, same decision.

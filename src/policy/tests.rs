@@ -393,3 +393,224 @@ fn broadcast_needs_unit_0_listed_on_its_own_and_covers_every_non_read() {
     );
     assert!(decide(&p, s, "me", 0, &[6, 0, 1, 0, 1]).0);
 }
+
+fn example_mqtt() -> (Policy, ServiceId) {
+    let config = Config::load(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/ztgate.toml"
+    )))
+    .expect("example config");
+    let (service, _) = config.service_by_name("broker-line1").expect("service");
+    (Policy::compile(config.policy), service)
+}
+
+fn mqtt(policy: &Policy, service: ServiceId, identity: &str, action: MqttAction<'_>) -> String {
+    let subject = policy.subject(identity, &[]);
+    match policy.decide_mqtt(service, &subject, identity, action) {
+        Decision::Allow { rule } => format!("allow {}", policy.rule_id(rule)),
+        Decision::Deny { rule, reason } => format!(
+            "deny {} {}",
+            rule.map_or("-", |r| policy.rule_id(r)),
+            serde_json::to_value(reason).expect("json")["kind"]
+                .as_str()
+                .unwrap_or("?")
+        ),
+    }
+}
+
+fn publish(topic: &str, qos: u8, retain: bool, payload_len: usize) -> MqttAction<'_> {
+    MqttAction::Publish {
+        topic,
+        qos,
+        retain,
+        payload_len,
+    }
+}
+
+#[test]
+fn mqtt_decision_table_for_the_example_policy() {
+    let (p, s) = example_mqtt();
+    let sub = |filter| MqttAction::Subscribe { filter };
+    let deliver = |topic| MqttAction::Deliver { topic };
+    let rows: &[(&str, MqttAction<'_>, &str)] = &[
+        // A sensor: its own telemetry, QoS ≤ 1, no retain, ≤ 4096 bytes.
+        (
+            "s-7",
+            publish("plant1/line1/s-7/telemetry/temp", 1, false, 10),
+            "allow sensor-telemetry",
+        ),
+        (
+            "s-7",
+            publish("plant1/line1/s-7/telemetry", 0, false, 4096),
+            "allow sensor-telemetry",
+        ),
+        (
+            "s-7",
+            publish("plant1/line1/s-8/telemetry/temp", 1, false, 10),
+            "deny - topic",
+        ),
+        (
+            "s-7",
+            publish("plant1/line1/s-7/telemetry/temp", 2, false, 10),
+            "deny sensor-telemetry qos",
+        ),
+        (
+            "s-7",
+            publish("plant1/line1/s-7/telemetry/temp", 1, true, 10),
+            "deny sensor-telemetry retain",
+        ),
+        (
+            "s-7",
+            publish("plant1/line1/s-7/telemetry/temp", 1, false, 4097),
+            "deny sensor-telemetry payload",
+        ),
+        // Its retained status, from a second rule.
+        (
+            "s-7",
+            publish("plant1/line1/s-7/status", 1, true, 6),
+            "allow sensor-status",
+        ),
+        (
+            "s-7",
+            publish("plant1/line1/s-7/status", 1, true, 65),
+            "deny sensor-status payload",
+        ),
+        // Subscriptions must lie inside a rule's filter.
+        (
+            "s-7",
+            sub("plant1/line1/s-7/cmd/#"),
+            "allow sensor-telemetry",
+        ),
+        (
+            "s-7",
+            sub("plant1/line1/s-7/cmd/reset"),
+            "allow sensor-telemetry",
+        ),
+        (
+            "s-7",
+            sub("plant1/line1/broadcast/+"),
+            "allow sensor-telemetry",
+        ),
+        ("s-7", sub("plant1/line1/+/cmd/#"), "deny - topic"),
+        ("s-7", sub("#"), "deny - topic"),
+        (
+            "s-7",
+            deliver("plant1/line1/s-7/cmd/reset"),
+            "allow sensor-telemetry",
+        ),
+        ("s-7", deliver("plant1/line1/s-8/cmd/reset"), "deny - topic"),
+        // The HMI: commands to any sensor, watch telemetry; may not publish telemetry.
+        (
+            HMI,
+            publish("plant1/line1/s-7/cmd/reset", 1, false, 2),
+            "allow operator-mqtt",
+        ),
+        (
+            HMI,
+            publish("plant1/line1/s-7/telemetry", 0, false, 2),
+            "deny - topic",
+        ),
+        (
+            HMI,
+            sub("plant1/line1/+/telemetry/#"),
+            "allow operator-mqtt",
+        ),
+        (
+            HMI,
+            sub("plant1/line1/s-7/telemetry/temp"),
+            "allow operator-mqtt",
+        ),
+        // The historian reads everything of plant 1 and publishes nothing.
+        ("historian-01", sub("plant1/#"), "allow historian-mqtt"),
+        ("historian-01", sub("plant2/#"), "deny - topic"),
+        ("historian-01", sub("$SYS/#"), "deny - topic"),
+        (
+            "historian-01",
+            publish("plant1/x", 0, false, 1),
+            "deny - topic",
+        ),
+        // Nobody else.
+        (
+            "s-7x",
+            publish("plant1/line1/s-7x/telemetry", 0, false, 1),
+            "allow sensor-telemetry",
+        ),
+        (
+            "intruder",
+            publish("plant1/line1/intruder/telemetry", 0, false, 1),
+            "deny - no_rule_for_service",
+        ),
+        (ENG, sub("plant1/#"), "deny - no_rule_for_service"),
+    ];
+    for (identity, action, expected) in rows {
+        assert_eq!(
+            &mqtt(&p, s, identity, *action),
+            expected,
+            "{identity} {action:?}"
+        );
+    }
+    // Admission: only identities with a rule for the broker.
+    assert!(p.admits(s, &p.subject("s-7", &[])));
+    assert!(!p.admits(s, &p.subject(ENG, &[])));
+    // What the CONNACK advertises for a sensor.
+    assert_eq!(p.mqtt_limits(s, &p.subject("s-7", &[])), (1, true));
+    assert_eq!(
+        p.mqtt_limits(s, &p.subject("historian-01", &[])),
+        (1, false)
+    );
+}
+
+#[test]
+fn mqtt_subscription_gets_the_rule_with_the_highest_qos() {
+    let text = r#"
+[roles]
+r = "r"
+[[identity]]
+match = "a"
+roles = ["r"]
+[[rule]]
+id = "low"
+roles = ["r"]
+services = ["broker"]
+[rule.mqtt]
+subscribe = ["x/#"]
+max_qos = 0
+[[rule]]
+id = "high"
+roles = ["r"]
+services = ["broker"]
+[rule.mqtt]
+subscribe = ["x/y/+"]
+max_qos = 2
+"#;
+    let main = SourceFile::new(
+        "ztgate.toml",
+        r#"
+[tls]
+client_ca = "ca.pem"
+cert = "gw.pem"
+key = "gw.key"
+[[listener]]
+name = "mqtt"
+bind = "127.0.0.1:0"
+[[service]]
+name = "broker"
+protocol = "mqtt"
+upstream = "127.0.0.1:1883"
+"#,
+    );
+    let config = Config::from_sources(&main, &[SourceFile::new("p.toml", text)], Path::new("."))
+        .expect("config");
+    let (s, _) = config.service_by_name("broker").expect("service");
+    let p = Policy::compile(config.policy);
+    let subject = p.subject("a", &[]);
+    let decide = |filter| p.decide_mqtt(s, &subject, "a", MqttAction::Subscribe { filter });
+    let Decision::Allow { rule } = decide("x/y/z") else {
+        panic!("x/y/z denied")
+    };
+    assert_eq!((p.rule_id(rule), p.mqtt_max_qos(rule)), ("high", 2));
+    let Decision::Allow { rule } = decide("x/y/#") else {
+        panic!("x/y/# denied")
+    };
+    assert_eq!(p.rule_id(rule), "low");
+}

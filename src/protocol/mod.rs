@@ -5,3 +5,4 @@
 //! the bytes can never become a valid frame.
 
 pub mod modbus;
+pub mod mqtt;

@@ -7,6 +7,10 @@
 //! `session_closed` event.
 
 mod modbus;
+mod mqtt;
+mod upstream;
+
+pub use upstream::UpstreamTlsClient;
 
 use crate::audit::{Audit, AuditEvent, CloseReason};
 use crate::config::{Service, ServiceId};
@@ -31,6 +35,8 @@ pub struct SessionContext {
     pub audit: Audit,
     /// Upstream connections of this service (shared by all its sessions).
     pub upstream_slots: Arc<Semaphore>,
+    /// TLS towards the upstream, when the service has `upstream_tls`.
+    pub upstream_tls: Option<Arc<UpstreamTlsClient>>,
     pub idle_timeout: std::time::Duration,
     pub frame_timeout: std::time::Duration,
     pub shutdown: watch::Receiver<bool>,
@@ -96,6 +102,7 @@ where
     let mut stats = SessionStats::default();
     let reason = match ctx.service.protocol {
         crate::config::Protocol::Modbus => modbus::relay(stream, &ctx, &mut stats).await,
+        crate::config::Protocol::Mqtt => mqtt::relay(stream, &ctx, &mut stats).await,
     };
     tracing::debug!(session = ctx.id, identity = %ctx.identity.id, ?reason, "session closed");
     ctx.audit.emit(AuditEvent::SessionClosed {
@@ -111,6 +118,16 @@ where
         denied: stats.denied,
         reason,
     });
+}
+
+/// Answers an MQTT client whose identity no rule admits to the service: reads its CONNECT
+/// (within `frame_timeout`) and refuses it the way its protocol version expects (CONNACK 0x87
+/// in 5.0, return code 5 in 3.1.1). The listener has already emitted `session_denied`.
+pub async fn refuse_mqtt<S>(stream: S, frame_timeout: std::time::Duration, max_packet: usize)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    mqtt::refuse(stream, frame_timeout, max_packet).await;
 }
 
 /// Why a relay loop ended; turned into the audit's [`CloseReason`].
