@@ -453,8 +453,20 @@ async fn identity_without_rule_for_the_service_is_refused(v: V) {
     let _ok = env.raw_session(SENSOR, v).await;
     broker.wait_client(SENSOR).await;
     assert!(!broker.log().contains(OPERATOR), "{}", broker.log());
-    let e = env.wait_denied("CONNECT", "no_rule_for_service").await;
-    assert_eq!(e["rule"], serde_json::Value::Null, "{e}");
+    // docs/audit.md: a verified identity with no rule for the service is `session_denied`
+    // (the same event as for Modbus), not `mqtt_denied`.
+    let e = env
+        .wait_event("session_denied", |e| e["identity"] == OPERATOR)
+        .await;
+    assert_eq!(e["service"], "broker", "{e}");
+    assert_eq!(e["roles"], serde_json::json!(["operator"]), "{e}");
+    assert!(e["reason"].to_string().contains("no rule"), "{e}");
+    assert!(
+        env.events("mqtt_connected")
+            .await
+            .iter()
+            .all(|e| e["identity"] != OPERATOR)
+    );
 }
 
 // 6. ------------------------------------------------------------------------------------------
