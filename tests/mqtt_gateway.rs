@@ -103,6 +103,7 @@ both_versions!(
     will_outside_policy_is_refused_will_inside_is_delivered,
     malformed_packets_close_only_their_session,
     reload_stops_delivery_on_a_revoked_subscription,
+    reload_that_takes_the_service_away_ends_the_session,
     upstream_over_tls_with_a_client_certificate,
 );
 
@@ -756,6 +757,88 @@ subscribe = ["plant1/broadcast/+"]"#,
         .wait_event("mqtt_denied", |e| e["packet"] == "deliver")
         .await;
     assert_eq!(e["topic"], CMD, "{e}");
+}
+
+/// Continuous verification: a reload that leaves the identity no rule for the service ends
+/// its open session on the next packet (v5: DISCONNECT 0x87 first), and nothing of that packet
+/// reaches the broker.
+async fn reload_that_takes_the_service_away_ends_the_session(v: V) {
+    let (_broker, sub, env) = setup(GwOptions::default()).await;
+    let mut c = env.raw_session(SENSOR, v).await;
+    let ack = c
+        .publish1("plant1/line1/s-7/telemetry/before", 1, b"1")
+        .await;
+    assert_eq!(ack.kind(), PUBACK);
+    sub.wait_for("plant1/line1/s-7/telemetry/before").await;
+
+    let policy = policy_with(r#"publish = ["plant1/line1/{identity}/telemetry/#"]"#).replace(
+        "id = \"sensor-telemetry\"\nroles = [\"sensor\"]",
+        "id = \"sensor-telemetry\"\nroles = [\"operator\"]",
+    );
+    assert!(
+        policy.contains("roles = [\"operator\"]\nservices"),
+        "{policy}"
+    );
+    env.reload_policy(&policy);
+    c.send(&wire::publish(
+        v,
+        "plant1/line1/s-7/telemetry/after",
+        1,
+        2,
+        b"2",
+    ))
+    .await;
+    if v.is5() {
+        expect_disconnect(&mut c, &[0x87]).await;
+    } else {
+        let seen = c.closed().await;
+        assert!(
+            seen.is_empty(),
+            "3.1.1 gets no answer, only the close: {seen:?}"
+        );
+    }
+    let closed = env
+        .wait_event("session_closed", |e| e["identity"] == SENSOR)
+        .await;
+    assert_eq!(closed["reason"]["kind"], "access_revoked", "{closed}");
+    // A client the new policy admits sends a marker after the session closed; once it is
+    // there, the revoked packet (which would have reached the broker before that close) is not.
+    let marker = format!("plant1/line1/{OPERATOR}/telemetry/marker");
+    let mut other = env.raw_session(OPERATOR, v).await;
+    assert_eq!(other.publish1(&marker, 1, b"m").await.kind(), PUBACK);
+    sub.wait_for(&marker).await;
+    assert!(
+        !sub.topics().iter().any(|t| t.ends_with("/after")),
+        "{:?}",
+        sub.topics()
+    );
+}
+
+/// A client that opens TLS and never sends its CONNECT, and one that stops in the middle of a
+/// packet, are closed after `frame_timeout` (audited), and nothing reaches the broker.
+#[tokio::test]
+async fn silent_and_stalled_clients_are_closed_after_frame_timeout() {
+    let (_broker, sub, env) = setup(GwOptions {
+        limits: "frame_timeout = \"300ms\"".into(),
+        ..GwOptions::default()
+    })
+    .await;
+    let mut silent = env.raw(SENSOR, V::V5).await;
+    assert!(silent.closed().await.is_empty());
+    let closed = env
+        .wait_event("session_closed", |e| e["reason"]["kind"] == "frame_timeout")
+        .await;
+    assert_eq!(closed["requests"], 0, "{closed}");
+
+    let mut stalled = env.raw_session(SENSOR2, V::V5).await;
+    let packet = wire::publish(V::V5, "plant1/line1/s-8/telemetry/half", 0, 0, b"half");
+    stalled.send(&packet[..packet.len() - 2]).await;
+    assert!(stalled.closed().await.is_empty());
+    env.wait_event("session_closed", |e| {
+        e["identity"] == SENSOR2 && e["reason"]["kind"] == "frame_timeout"
+    })
+    .await;
+    assert!(sub.messages().is_empty(), "{:?}", sub.topics());
 }
 
 // 10. -----------------------------------------------------------------------------------------

@@ -238,8 +238,9 @@ pub enum AuditEvent {
         #[serde(skip_serializing_if = "Option::is_none")]
         will_topic: Option<String>,
     },
-    /// The policy refused something in an MQTT session: a CONNECT (client id, will, no rule),
-    /// a PUBLISH, one SUBSCRIBE filter, or a message the broker delivered.
+    /// The policy refused something in an MQTT session: a CONNECT (client id, will, or a reload
+    /// that took the service away before it), a PUBLISH, one SUBSCRIBE filter, or a message the
+    /// broker delivered. (An identity no rule admits is `session_denied`, as for Modbus.)
     MqttDenied {
         session: u64,
         identity: String,

@@ -769,6 +769,8 @@ pub struct GwOptions {
     pub upstream_tls: Option<String>,
     /// The policy file's text.
     pub policy: String,
+    /// Lines for `[limits]`.
+    pub limits: String,
 }
 
 impl Default for GwOptions {
@@ -777,6 +779,7 @@ impl Default for GwOptions {
             service: "max_packet_size = 65536".into(),
             upstream_tls: None,
             policy: default_policy(),
+            limits: String::new(),
         }
     }
 }
@@ -804,11 +807,14 @@ protocol = "mqtt"
 upstream = "{upstream}"
 {service}
 {upstream_tls}
+[limits]
+{limits}
 [audit]
 file = "{dir}/audit.jsonl"
 "#,
         dir = dir.display(),
         service = opts.service,
+        limits = opts.limits,
     )
 }
 
