@@ -13,7 +13,6 @@
 //! matches a topic starting with `$` (`$SYS/…`).
 
 use super::RuleRef;
-use std::collections::HashMap;
 
 /// One piece of a template level.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,7 +53,8 @@ pub fn substitutable(identity: &str) -> bool {
 
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Node {
-    literal: HashMap<Box<str>, Node>,
+    /// Literal levels, sorted: a binary search over short strings beats hashing them.
+    literal: Vec<(Box<str>, Node)>,
     plus: Option<Box<Node>>,
     templates: Vec<(Template, Node)>,
     /// Rules whose filter ends in `#` right after this node's level.
@@ -99,10 +99,28 @@ impl Node {
                     None => return,
                 }
             } else {
-                node.literal.entry(level.into()).or_default()
+                let i = match node.literal.binary_search_by(|(l, _)| (**l).cmp(level)) {
+                    Ok(i) => i,
+                    Err(i) => {
+                        node.literal.insert(i, (level.into(), Node::default()));
+                        i
+                    }
+                };
+                match node.literal.get_mut(i) {
+                    Some((_, n)) => n,
+                    None => return,
+                }
             };
         }
         node.end.push(rule);
+    }
+
+    fn child(&self, level: &str) -> Option<&Node> {
+        let i = self
+            .literal
+            .binary_search_by(|(l, _)| (**l).cmp(level))
+            .ok()?;
+        self.literal.get(i).map(|(_, n)| n)
     }
 
     /// Calls `found` for every rule with a filter that matches the topic name `topic`.
@@ -128,7 +146,7 @@ impl Node {
             return;
         };
         let (level, next) = split_level(text);
-        if let Some(child) = self.literal.get(level) {
+        if let Some(child) = self.child(level) {
             child.walk(next, false, dollar, identity, found);
         }
         if wild_ok && let Some(child) = &self.plus {
@@ -201,7 +219,7 @@ impl Node {
                 }
             }
             _ => {
-                if let Some(child) = self.literal.get(level) {
+                if let Some(child) = self.child(level) {
                     child.cover(next, false, dollar, identity, found);
                 }
                 if wild_ok && let Some(child) = &self.plus {
