@@ -39,8 +39,14 @@ use tokio::time::{Instant, timeout, timeout_at};
 const READ_BUF: usize = 16 * 1024;
 /// Bytes of topic names one alias table may hold (per direction and view).
 const ALIAS_BYTES: usize = 64 * 1024;
+/// Topic aliases one table may hold (the gateway advertises at most `topic_alias_maximum` ≤
+/// 1024 to the client; a broker using more than this towards a client ends the session).
+const MAX_ALIASES: usize = 1024;
 /// SUBSCRIBEs with a denied filter awaiting the broker's SUBACK.
 const MAX_PENDING_SUBACKS: usize = 64;
+/// QoS 2 exchanges the gateway answers itself (a refused PUBLISH waiting for its PUBREL, per
+/// direction): far above any receive maximum a real peer uses.
+const MAX_LOCAL_QOS2: usize = 1024;
 
 /// v5 reason codes the gateway sends (MQTT 5.0 §2.4).
 mod reason {
@@ -72,39 +78,34 @@ fn connack_code(version: Version, codes: (u8, u8)) -> u8 {
 }
 
 /// One direction's topic aliases, as one side sees them. Bounded by the alias maximum the
-/// side was given and by [`ALIAS_BYTES`].
+/// side was given, by [`MAX_ALIASES`] entries and by [`ALIAS_BYTES`] of topic names.
 #[derive(Default)]
 struct Aliases {
-    topics: Vec<Option<Box<str>>>,
+    topics: HashMap<u16, Box<str>>,
     bytes: usize,
 }
 
 impl Aliases {
     fn get(&self, alias: u16) -> Option<&str> {
-        self.topics
-            .get(usize::from(alias))
-            .and_then(|t| t.as_deref())
+        self.topics.get(&alias).map(|t| &**t)
     }
 
     fn set(&mut self, alias: u16, topic: &str) -> Result<(), String> {
-        let i = usize::from(alias);
-        if self.topics.len() <= i {
-            self.topics.resize(i + 1, None);
-        }
-        let Some(slot) = self.topics.get_mut(i) else {
-            return Ok(());
+        let old = match self.topics.get(&alias) {
+            Some(t) if &**t == topic => return Ok(()),
+            Some(t) => t.len(),
+            None if self.topics.len() >= MAX_ALIASES => {
+                return Err(format!("more than {MAX_ALIASES} topic aliases in use"));
+            }
+            None => 0,
         };
-        if slot.as_deref() == Some(topic) {
-            return Ok(());
-        }
-        let old = slot.as_ref().map_or(0, |t| t.len());
         let bytes = self.bytes - old + topic.len();
         if bytes > ALIAS_BYTES {
             return Err(format!(
                 "topic aliases would hold more than {ALIAS_BYTES} bytes of topic names"
             ));
         }
-        *slot = Some(topic.into());
+        self.topics.insert(alias, topic.into());
         self.bytes = bytes;
         Ok(())
     }
@@ -904,6 +905,15 @@ impl Relay<'_> {
                         ));
                     }
                     (QoS::ExactlyOnce, Some(id)) => {
+                        if self.refused_qos2.len() >= MAX_LOCAL_QOS2 {
+                            return Err(self.violation(
+                                Side::Downstream,
+                                format!(
+                                    "more than {MAX_LOCAL_QOS2} refused QoS 2 PUBLISHes without their PUBREL"
+                                ),
+                                reason::PROTOCOL_ERROR,
+                            ));
+                        }
                         self.refused_qos2.insert(id);
                         self.to_client.extend(mqtt::ack(
                             PacketType::Pubrec,
@@ -1165,6 +1175,15 @@ impl Relay<'_> {
                             .extend(mqtt::ack(PacketType::Puback, self.version, id, 0));
                     }
                     (QoS::ExactlyOnce, Some(id)) => {
+                        if self.dropped_qos2.len() >= MAX_LOCAL_QOS2 {
+                            return Err(self.violation(
+                                Side::Upstream,
+                                format!(
+                                    "more than {MAX_LOCAL_QOS2} dropped QoS 2 deliveries without their PUBREL"
+                                ),
+                                0,
+                            ));
+                        }
                         self.dropped_qos2.insert(id);
                         self.to_broker
                             .extend(mqtt::ack(PacketType::Pubrec, self.version, id, 0));
