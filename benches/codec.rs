@@ -1,13 +1,14 @@
-//! Cost of the Modbus TCP codec per frame, as the session pays it: split one frame off the
-//! receive buffer, then decode it.
+//! Cost of the Modbus TCP and MQTT codecs per frame, as the session pays it: split one frame off
+//! the receive buffer, then decode it.
 //!
-//! `cargo bench --bench codec`; each benchmark processes one frame per iteration, so the time
-//! criterion reports is the time per frame.
+//! `cargo bench --bench codec` (`-- mqtt` for the MQTT cases only); each benchmark processes one
+//! frame per iteration, so the time criterion reports is the time per frame.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ztgate::protocol::modbus::{decode_request, decode_response, split_frame};
+use ztgate::protocol::mqtt::{self, Packet, Version};
 
 /// A request ADU: transaction id 1, protocol id 0, the MBAP length, unit 1, then `pdu`.
 fn adu(pdu: &[u8]) -> Vec<u8> {
@@ -78,5 +79,83 @@ fn responses(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, requests, responses);
+/// An MQTT packet: `first`, a one- or two-byte remaining length, `body`.
+fn mqtt_packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut packet = vec![first];
+    match body.len() {
+        n @ 0..=127 => packet.push(n as u8),
+        n => packet.extend_from_slice(&[(n % 128) as u8 | 0x80, (n / 128) as u8]),
+    }
+    packet.extend_from_slice(body);
+    packet
+}
+
+fn mqtt_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// QoS 1 PUBLISH to `plant/line1/temperature`, packet id 7, 64-byte payload; v5 with a topic
+/// alias property.
+fn publish(version: Version) -> Vec<u8> {
+    let mut body = Vec::new();
+    mqtt_str(&mut body, "plant/line1/temperature");
+    body.extend_from_slice(&7u16.to_be_bytes());
+    if version == Version::V5 {
+        body.extend_from_slice(&[3, 0x23, 0, 1]);
+    }
+    body.extend_from_slice(&[b'x'; 64]);
+    mqtt_packet(0x32, &body)
+}
+
+/// SUBSCRIBE, packet id 9, three filters (v5, no properties).
+fn subscribe() -> Vec<u8> {
+    let mut body = vec![0, 9, 0];
+    for (filter, options) in [("plant/+/temp", 0), ("plant/line1/#", 1), ("alarms/#", 2)] {
+        mqtt_str(&mut body, filter);
+        body.push(options);
+    }
+    mqtt_packet(0x82, &body)
+}
+
+fn mqtt(c: &mut Criterion) {
+    const MAX: usize = 1 << 20;
+    let cases = [
+        (
+            "publish_qos1_64b_v5_alias",
+            Version::V5,
+            publish(Version::V5),
+        ),
+        (
+            "publish_qos1_64b_v311",
+            Version::V311,
+            publish(Version::V311),
+        ),
+        ("subscribe_3_filters_v5", Version::V5, subscribe()),
+    ];
+    let mut group = c.benchmark_group("mqtt packet_len+decode");
+    group.throughput(Throughput::Elements(1));
+    for (name, version, packet) in &cases {
+        // Benchmark only what succeeds: a refused packet would measure the error path.
+        assert_eq!(mqtt::packet_len(packet, MAX), Ok(Some(packet.len())));
+        match mqtt::decode(packet, *version, true).expect("valid packet") {
+            Packet::Publish(p) => assert_eq!(p.payload.len(), 64),
+            Packet::Subscribe(s) => assert_eq!(s.filters.len(), 3),
+            other => panic!("{other:?}"),
+        }
+        group.bench_function(*name, |b| {
+            b.iter(|| {
+                let buf = black_box(&packet[..]);
+                let n = mqtt::packet_len(buf, MAX)
+                    .expect("valid")
+                    .expect("complete");
+                let decoded = mqtt::decode(&buf[..n], *version, true).expect("valid packet");
+                black_box(decoded);
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, requests, responses, mqtt);
 criterion_main!(benches);

@@ -16,7 +16,7 @@ const SUBSCRIBE_FIRST: u8 = 0x82;
 const DISCONNECT_FIRST: u8 = 0xE0;
 
 /// Appends `value` (at most [`MAX_REMAINING_LENGTH`]) as a variable byte integer.
-fn push_varint(out: &mut Vec<u8>, value: usize) {
+pub(super) fn push_varint(out: &mut Vec<u8>, value: usize) {
     let mut rest = value;
     loop {
         let digit = u8::try_from(rest & 0x7F).unwrap_or(0);
