@@ -896,6 +896,7 @@ impl Compiler {
                 s.max_packet_size.as_ref().map(|v| v.span()),
             ),
             ("client_id", s.client_id.as_ref().map(|v| v.span())),
+            ("username", s.username.as_ref().map(|v| v.span())),
             (
                 "denied_publish_v311",
                 s.denied_publish_v311.as_ref().map(|v| v.span()),
@@ -906,12 +907,12 @@ impl Compiler {
             ),
             ("upstream_tls", s.upstream_tls.as_ref().map(|v| v.span())),
         ];
-        let (other, fields) = match protocol {
-            Protocol::Modbus => ("mqtt", mqtt_only),
-            Protocol::Mqtt => ("modbus", modbus_only),
+        let (other, fields): (&str, &[_]) = match protocol {
+            Protocol::Modbus => ("mqtt", &mqtt_only),
+            Protocol::Mqtt => ("modbus", &modbus_only),
         };
         for (name, span) in fields {
-            if let Some(span) = span {
+            if let Some(span) = span.clone() {
                 self.err(
                     file,
                     span,
@@ -943,6 +944,22 @@ impl Compiler {
                 defaults.client_id
             }
         };
+        let username = match s
+            .username
+            .as_ref()
+            .map(|v| (v.get_ref().as_str(), v.span()))
+        {
+            None | Some(("require", _)) => UsernameBinding::Require,
+            Some(("forward", _)) => UsernameBinding::Forward,
+            Some((other, span)) => {
+                self.err(
+                    file,
+                    span,
+                    format!("username \"{other}\" must be \"require\" or \"forward\""),
+                );
+                defaults.username
+            }
+        };
         let denied_publish_v311 = match s
             .denied_publish_v311
             .as_ref()
@@ -971,6 +988,7 @@ impl Compiler {
                 64..=268_435_460,
             ),
             client_id,
+            username,
             denied_publish_v311,
             topic_alias_maximum: u16::try_from(self.count(
                 file,
@@ -1174,6 +1192,25 @@ impl Compiler {
                     "{}: rule \"{}\" can never decide anything: rule \"{}\" ({}) already allows all it allows",
                     rule.location, rule.id, by.id, by.location
                 ));
+            }
+        }
+        for rule in &rules {
+            let Some(m) = &rule.mqtt else { continue };
+            if !m
+                .publish
+                .iter()
+                .chain(&m.subscribe)
+                .any(|f| f.contains(IDENTITY))
+            {
+                continue;
+            }
+            for i in &identities {
+                if i.pattern.contains('/') && i.roles.iter().any(|r| rule.roles.contains(r)) {
+                    self.warnings.push(format!(
+                        "{}: rule \"{}\" has {IDENTITY} filters, which never match identities containing '/' such as \"{}\" (a URI SAN): give MQTT devices certificates whose identity is one topic level (a CN, no URI SAN)",
+                        rule.location, rule.id, i.pattern
+                    ));
+                }
             }
         }
         for bounded in rules

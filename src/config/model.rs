@@ -138,6 +138,17 @@ pub enum ClientIdBinding {
     Rewrite,
 }
 
+/// What the gateway does with the user name of a CONNECT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UsernameBinding {
+    /// No user name, or the certificate identity: a broker that keys ACLs or audit on the user
+    /// name sees the identity, never what a device claims. Anything else is refused.
+    Require,
+    /// Passed to the broker as sent (with the password), for brokers that authenticate the
+    /// devices themselves as well.
+    Forward,
+}
+
 /// What happens to a PUBLISH the policy denies on an MQTT 3.1.1 session (3.1.1 has no reason
 /// code to refuse one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,6 +167,7 @@ pub struct MqttSettings {
     /// v5 CONNACK.
     pub max_packet_size: usize,
     pub client_id: ClientIdBinding,
+    pub username: UsernameBinding,
     pub denied_publish_v311: DeniedPublishV311,
     /// Topic aliases per direction the gateway tracks (and advertises to the client in the
     /// v5 CONNACK, at most what the broker allows).
@@ -167,6 +179,7 @@ impl Default for MqttSettings {
         MqttSettings {
             max_packet_size: 256 * 1024,
             client_id: ClientIdBinding::Require,
+            username: UsernameBinding::Require,
             denied_publish_v311: DeniedPublishV311::Acknowledge,
             topic_alias_maximum: 32,
         }

@@ -133,6 +133,8 @@ pub struct RawService {
     /// MQTT: `require` (default: the client id must equal the certificate identity) or
     /// `rewrite` (the gateway replaces it by the identity).
     pub client_id: Option<Spanned<String>>,
+    /// MQTT: `require` (default: no user name, or the identity) or `forward` (as sent).
+    pub username: Option<Spanned<String>>,
     /// MQTT 3.1.1: a denied PUBLISH is `acknowledge`d and dropped (default) or `disconnect`s.
     pub denied_publish_v311: Option<Spanned<String>>,
     /// MQTT 5.0: topic aliases the gateway tracks per direction.

@@ -78,6 +78,8 @@ pub enum DenyReason {
     Payload { size: usize, max: usize },
     /// MQTT: the client id is not the certificate identity (`client_id = "require"`).
     ClientId,
+    /// MQTT: a user name that is not the certificate identity (`username = "require"`).
+    Username,
 }
 
 impl DenyReason {
@@ -88,7 +90,7 @@ impl DenyReason {
             DenyReason::Unit => 2,
             DenyReason::Broadcast => 3,
             DenyReason::Address => 4,
-            DenyReason::Topic | DenyReason::ClientId => 1,
+            DenyReason::Topic | DenyReason::ClientId | DenyReason::Username => 1,
             DenyReason::Value { .. }
             | DenyReason::MaskValue { .. }
             | DenyReason::Coil { .. }
@@ -155,6 +157,9 @@ impl fmt::Display for DenyReason {
             }
             DenyReason::ClientId => {
                 write!(f, "client id is not the certificate identity")
+            }
+            DenyReason::Username => {
+                write!(f, "user name is not the certificate identity")
             }
         }
     }

@@ -46,9 +46,12 @@ impl Template {
 
 use crate::config::IDENTITY;
 
-/// Whether an identity may be substituted into a template.
+/// Whether an identity may be substituted into a template: one topic level, no wildcard, no
+/// NUL, not empty. An identity with `/` (every URI identity) never is: substituted, it would
+/// span levels, and one device's topics could then lie inside another's
+/// (`…/{identity}/cmd/#` of `a/b` contains `…/{identity}/…` of `a/b/cmd`).
 pub fn substitutable(identity: &str) -> bool {
-    !identity.is_empty() && !identity.contains(['+', '#', '\0'])
+    !identity.is_empty() && !identity.contains(['+', '#', '\0', '/'])
 }
 
 #[derive(Clone, Debug, Default)]
@@ -317,16 +320,24 @@ mod tests {
         assert!(matching(&n, "plant1/line1/s-8/telemetry", "s-7").is_empty());
         assert!(matching(&n, "plant1/line1/s-7x/telemetry", "s-7").is_empty());
         assert_eq!(matching(&n, "dev-s-7-x/cmd", "s-7"), [1]);
-        // An identity with '/' spans levels, literally.
+        // An identity with '/' would span levels (and one device's topics could lie inside
+        // another's): it never matches a template.
         let spiffe = "spiffe://plant1/line1/s-7";
-        assert_eq!(
+        assert!(
             matching(
                 &n,
                 "plant1/line1/spiffe://plant1/line1/s-7/telemetry",
                 spiffe
-            ),
-            [0]
+            )
+            .is_empty()
         );
+        let mut v = Vec::new();
+        n.covers(
+            "plant1/line1/spiffe://plant1/line1/s-7/telemetry/#",
+            spiffe,
+            &mut |r| v.push(r),
+        );
+        assert!(v.is_empty());
         // Identities with wildcards or empty never match a template.
         assert!(matching(&n, "plant1/line1/+/telemetry", "+").is_empty());
         assert!(matching(&n, "plant1/line1//telemetry", "").is_empty());

@@ -23,7 +23,7 @@
 use super::upstream::{self, Io};
 use super::{Closed, LivePolicy, SessionContext, SessionStats};
 use crate::audit::{AuditEvent, CloseReason, Side};
-use crate::config::{ClientIdBinding, DeniedPublishV311};
+use crate::config::{ClientIdBinding, DeniedPublishV311, UsernameBinding};
 use crate::policy::{Decision, DenyReason, MqttAction, Policy, Subject};
 use crate::protocol::mqtt::{
     self, ConnackProperties, Error as MqttError, Packet, PacketType, Publish, QoS, Subscribe,
@@ -53,6 +53,7 @@ mod reason {
     pub const UNSPECIFIED: u8 = 0x80;
     pub const PROTOCOL_ERROR: u8 = 0x82;
     pub const CLIENT_ID_INVALID: u8 = 0x85;
+    pub const BAD_USERNAME_OR_PASSWORD: u8 = 0x86;
     pub const NOT_AUTHORIZED: u8 = 0x87;
     pub const SERVER_UNAVAILABLE: u8 = 0x88;
     pub const SERVER_BUSY: u8 = 0x89;
@@ -64,6 +65,7 @@ mod reason {
 mod v311 {
     pub const UNACCEPTABLE_VERSION: u8 = 0x01;
     pub const IDENTIFIER_REJECTED: u8 = 0x02;
+    pub const BAD_USERNAME_OR_PASSWORD: u8 = 0x04;
     pub const SERVER_UNAVAILABLE: u8 = 0x03;
     pub const NOT_AUTHORIZED: u8 = 0x05;
     pub const SUBACK_FAILURE: u8 = 0x80;
@@ -88,6 +90,12 @@ struct Aliases {
 impl Aliases {
     fn get(&self, alias: u16) -> Option<&str> {
         self.topics.get(&alias).map(|t| &**t)
+    }
+
+    fn forget(&mut self, alias: u16) {
+        if let Some(t) = self.topics.remove(&alias) {
+            self.bytes -= t.len();
+        }
     }
 
     fn set(&mut self, alias: u16, topic: &str) -> Result<(), String> {
@@ -149,7 +157,48 @@ struct Relay<'a> {
     pending_subacks: HashMap<u16, Vec<Option<u8>>>,
     /// Waiting for the broker's CONNACK; the client is not read meanwhile.
     connack_pending: bool,
+    /// The CONNECT's will, re-decided when the session ends: a reload may have revoked it
+    /// since the CONNECT, and the broker must then not publish it.
+    will: Option<WillCheck>,
+    /// The client ended with a DISCONNECT the broker got (it then discards the will, unless
+    /// the reason was 0x04, which the gateway handles itself).
+    client_disconnected: bool,
 }
+
+/// A will, as the policy decides it.
+struct WillCheck {
+    topic: String,
+    qos: u8,
+    retain: bool,
+    size: usize,
+}
+
+impl WillCheck {
+    fn action(&self) -> MqttAction<'_> {
+        MqttAction::Publish {
+            topic: &self.topic,
+            qos: self.qos,
+            retain: self.retain,
+            payload_len: self.size,
+        }
+    }
+}
+
+/// A will as the publish it becomes; its v5 properties count against max_payload like a
+/// PUBLISH's.
+fn will_action<'a>(will: &mqtt::Will<'a>) -> MqttAction<'a> {
+    MqttAction::Publish {
+        topic: will.topic,
+        qos: will.qos.as_u8(),
+        retain: will.retain,
+        payload_len: will.payload_len.saturating_add(will.properties_len),
+    }
+}
+
+/// A client DISCONNECT with reason 0: the broker discards the will (valid in both versions).
+const DISCONNECT_DISCARD_WILL: [u8; 2] = [0xE0, 0x00];
+/// MQTT 5.0 DISCONNECT reason 0x04: "disconnect with will message".
+const DISCONNECT_WITH_WILL: u8 = 0x04;
 
 pub(super) async fn relay<S>(stream: S, ctx: &SessionContext, stats: &mut SessionStats) -> Closed
 where
@@ -286,6 +335,29 @@ where
         )
         .await;
     };
+    if settings.username == UsernameBinding::Require
+        && let Some(username) = connect.username.filter(|u| *u != identity)
+    {
+        return refuse_connect(
+            client,
+            ctx,
+            stats,
+            version,
+            Refusal {
+                packet: "CONNECT",
+                topic: username.to_string(),
+                qos: None,
+                retain: false,
+                rule: None,
+                reason: DenyReason::Username,
+                codes: (
+                    reason::BAD_USERNAME_OR_PASSWORD,
+                    v311::BAD_USERNAME_OR_PASSWORD,
+                ),
+            },
+        )
+        .await;
+    }
     let rewritten = match settings.client_id {
         ClientIdBinding::Require if connect.client_id != identity => {
             return refuse_connect(
@@ -332,12 +404,7 @@ where
         _ => None,
     };
     if let Some(will) = &connect.will {
-        let action = MqttAction::Publish {
-            topic: will.topic,
-            qos: will.qos.as_u8(),
-            retain: will.retain,
-            payload_len: will.payload_len,
-        };
+        let action = will_action(will);
         if let Decision::Deny { rule, reason } =
             policy.decide_mqtt(ctx.service_id, subject, identity, action)
         {
@@ -437,6 +504,13 @@ where
         dropped_qos2: HashSet::new(),
         pending_subacks: HashMap::new(),
         connack_pending: true,
+        will: connect.will.as_ref().map(|w| WillCheck {
+            topic: w.topic.to_string(),
+            qos: w.qos.as_u8(),
+            retain: w.retain,
+            size: w.payload_len.saturating_add(w.properties_len),
+        }),
+        client_disconnected: false,
     };
     let limits = ConnackLimits {
         max_packet,
@@ -447,7 +521,11 @@ where
         .run(client, &mut broker, cbuf, &mut live, stats, limits)
         .await;
     // The broker learns the client is gone the way it would without the gateway: the TCP
-    // close (so it publishes the will unless the client sent DISCONNECT, forwarded already).
+    // close, so it publishes the will — unless the client sent DISCONNECT (forwarded already),
+    // or the will is no longer allowed, in which case the gateway disconnects cleanly for it.
+    if !relay.client_disconnected && !relay.will_allowed(&mut live) {
+        let _ = write_broker(&mut broker, &DISCONNECT_DISCARD_WILL, ctx).await;
+    }
     let _ = timeout(ctx.frame_timeout, broker.shutdown()).await;
     closed
 }
@@ -666,6 +744,16 @@ impl Relay<'_> {
                 }
             };
 
+            // Packets the client sent right behind its CONNECT waited for the CONNACK.
+            let step = match step {
+                Ok(()) if !reading_client && !self.connack_pending && !cbuf.is_empty() => {
+                    let result = self.client_packets(&mut cbuf, live, stats);
+                    partial_since = (!cbuf.is_empty()).then(Instant::now);
+                    result
+                }
+                other => other,
+            };
+
             // What was decided before a close still goes out: the broker gets what the client
             // sent before its DISCONNECT, the client its acknowledgements and the reason.
             let flushed = self.flush(client, broker, stats).await;
@@ -679,6 +767,43 @@ impl Relay<'_> {
 
     fn identity(&self) -> &str {
         &self.ctx.identity.id
+    }
+
+    /// Whether the will (if any) may still be published, by the policy as it is now; a denial
+    /// is audited (`mqtt_denied`, packet `will`).
+    fn will_allowed(&self, live: &mut LivePolicy) -> bool {
+        let Some(will) = &self.will else {
+            return true;
+        };
+        let (decision, policy) = match live.refresh() {
+            Some((policy, subject)) => (
+                policy.decide_mqtt(self.ctx.service_id, subject, self.identity(), will.action()),
+                Some(policy),
+            ),
+            None => (
+                Decision::Deny {
+                    rule: None,
+                    reason: DenyReason::NoRuleForService,
+                },
+                None,
+            ),
+        };
+        let Decision::Deny { rule, reason } = decision else {
+            return true;
+        };
+        self.ctx.audit.emit(AuditEvent::MqttDenied {
+            session: self.ctx.id,
+            identity: self.ctx.identity.id.clone(),
+            service: self.ctx.service.name.clone(),
+            packet: "will",
+            topic: will.topic.clone(),
+            qos: Some(will.qos),
+            retain: will.retain,
+            rule: policy.zip(rule).map(|(p, r)| p.rule_id(r).to_string()),
+            reason,
+            response: "discarded (DISCONNECT 0x00 to the broker)".to_string(),
+        });
+        false
     }
 
     fn disconnect_client(&mut self, code: u8) {
@@ -789,8 +914,13 @@ impl Relay<'_> {
                         0,
                     ));
                 }
-                Ok(Packet::Disconnect { .. }) => {
-                    self.to_broker.extend_from_slice(packet);
+                Ok(Packet::Disconnect { reason: code }) => {
+                    if code == DISCONNECT_WITH_WILL && !self.will_allowed(live) {
+                        self.to_broker.extend_from_slice(&DISCONNECT_DISCARD_WILL);
+                    } else {
+                        self.to_broker.extend_from_slice(packet);
+                    }
+                    self.client_disconnected = true;
                     return Err(CloseReason::ClientClosed);
                 }
                 Ok(_) => self.to_broker.extend_from_slice(packet),
@@ -833,18 +963,31 @@ impl Relay<'_> {
     /// `holds`: the original, or — when the receiver holds the alias for another topic because
     /// the gateway did not pass on the packet that set it — the packet with its topic name.
     fn forward_publish(p: &Publish<'_>, topic: &str, holds: &mut Aliases, out: &mut Vec<u8>) {
-        if let Some(alias) = p.topic_alias {
-            if p.topic.is_empty() && holds.get(alias) != Some(topic) {
-                if let Ok(bytes) = p.with_topic(topic) {
-                    let _ = holds.set(alias, topic);
-                    out.extend_from_slice(&bytes);
+        let Some(alias) = p.topic_alias else {
+            out.extend_from_slice(p.packet());
+            return;
+        };
+        let resend = p.topic.is_empty() && holds.get(alias) != Some(topic);
+        let bytes = if resend {
+            match p.with_topic(topic) {
+                Ok(bytes) => Cow::Owned(bytes),
+                // Cannot happen for a topic that fit a packet before; never forward the alias
+                // alone then, it would stand for another topic at the receiver.
+                Err(_) => {
+                    holds.forget(alias);
                     return;
                 }
-            } else {
-                let _ = holds.set(alias, topic);
             }
+        } else {
+            Cow::Borrowed(p.packet())
+        };
+        // What the receiver now holds for the alias. When the table cannot record it, the
+        // alias is forgotten instead, so its next alias-only use goes out with its topic name
+        // and never stands for a stale topic.
+        if holds.set(alias, topic).is_err() {
+            holds.forget(alias);
         }
-        out.extend_from_slice(p.packet());
+        out.extend_from_slice(&bytes);
     }
 
     fn publish(
@@ -862,7 +1005,9 @@ impl Relay<'_> {
             topic: &topic,
             qos: p.qos.as_u8(),
             retain: p.retain,
-            payload_len: p.payload.len(),
+            // v5 properties (user properties, correlation data, …) travel with the payload to
+            // every subscriber: they count against max_payload.
+            payload_len: p.payload.len().saturating_add(p.properties_len),
         };
         match policy.decide_mqtt(self.ctx.service_id, subject, self.identity(), action) {
             Decision::Allow { .. } => {
@@ -899,6 +1044,16 @@ impl Relay<'_> {
                     (QoS::AtLeastOnce, Some(id)) => {
                         self.to_client.extend(mqtt::ack(
                             PacketType::Puback,
+                            self.version,
+                            id,
+                            code,
+                        ));
+                    }
+                    // 5.0: a PUBREC ≥ 0x80 ends the exchange; a PUBREL the client still
+                    // sends goes to the broker, which answers PUBCOMP 0x92.
+                    (QoS::ExactlyOnce, Some(id)) if self.version == Version::V5 => {
+                        self.to_client.extend(mqtt::ack(
+                            PacketType::Pubrec,
                             self.version,
                             id,
                             code,

@@ -500,6 +500,24 @@ pub struct Will<'a> {
     pub qos: QoS,
     pub retain: bool,
     pub payload_len: usize,
+    /// Bytes of the v5 will properties, without their length field (0 in 3.1.1).
+    pub properties_len: usize,
+}
+
+/// The content of a property section that took `total` bytes with its length varint.
+fn property_content(total: usize) -> usize {
+    (1..=4usize)
+        .filter_map(|n| total.checked_sub(n))
+        .find(|content| {
+            let width = match *content {
+                0..=127 => 1,
+                128..=16_383 => 2,
+                16_384..=2_097_151 => 3,
+                _ => 4,
+            };
+            content.checked_add(width) == Some(total)
+        })
+        .unwrap_or(0)
 }
 
 /// A decoded CONNECT: a view on the original bytes.
@@ -642,9 +660,11 @@ pub fn decode_connect(packet: &[u8]) -> Result<Connect<'_>, Error> {
     };
 
     let will = if will_flag {
+        let properties_start = r.pos;
         if version == Version::V5 {
             properties::parse(&mut r, Ctx::Will, |_, _, _| Ok(()))?;
         }
+        let properties_len = property_content(r.pos.saturating_sub(properties_start));
         let topic = r.utf8(&WILL_TOPIC)?;
         if !valid_topic_name(topic) {
             return Err(Error::Malformed("invalid will topic"));
@@ -655,6 +675,7 @@ pub fn decode_connect(packet: &[u8]) -> Result<Connect<'_>, Error> {
             qos: will_qos,
             retain: will_retain,
             payload_len: payload.len(),
+            properties_len,
         })
     } else {
         None
@@ -774,6 +795,9 @@ pub struct Publish<'a> {
     /// `Some` iff `qos > 0`.
     pub packet_id: Option<u16>,
     pub topic_alias: Option<u16>,
+    /// Bytes of the v5 properties, without their length field (0 in 3.1.1): user properties,
+    /// correlation data and the like travel with the message to every subscriber.
+    pub properties_len: usize,
     pub payload: &'a [u8],
     packet: &'a [u8],
     body: usize,
@@ -1144,6 +1168,7 @@ fn publish<'a>(
         Some(r.packet_id()?)
     };
     let mut topic_alias = None;
+    let properties_start = r.pos;
     if version == Version::V5 {
         properties::parse(&mut r, Ctx::Publish, |id, value, _| {
             match (id, value) {
@@ -1169,6 +1194,7 @@ fn publish<'a>(
             Version::V5 => {}
         }
     }
+    let properties_len = property_content(r.pos.saturating_sub(properties_start));
     let payload = r.rest();
     Ok(Publish {
         dup,
@@ -1177,6 +1203,7 @@ fn publish<'a>(
         topic,
         packet_id,
         topic_alias,
+        properties_len,
         payload,
         packet,
         body,

@@ -172,7 +172,8 @@ fn connect_decodes_every_field() {
             topic: "w/t",
             qos: QoS::ExactlyOnce,
             retain: true,
-            payload_len: 2
+            payload_len: 2,
+            properties_len: 0,
         })
     );
     assert_eq!(c.properties, ConnectProperties::default());
@@ -957,4 +958,35 @@ fn connack_with_limits_in_place_and_appended() {
     assert_eq!(connack_with_limits(&broker, V5, &zeros).unwrap(), broker);
     assert!(connack_with_limits(&h("20 02 00 00"), V5, &ours).is_err());
     assert!(connack_with_limits(&h("40 02 00 01"), V5, &ours).is_err());
+}
+
+#[test]
+fn publish_and_will_report_the_size_of_their_v5_properties() {
+    // PUBLISH QoS 0 "t" with a user property ("k", "vv") and payload "pl": 8 bytes of
+    // properties after their length byte.
+    let bytes = pkt(0x30, "00 01 't' 08 26 00 01 'k' 00 02 'vv' 'pl'");
+    let Ok(Packet::Publish(p)) = decode(&bytes, V5, true) else {
+        panic!("not a PUBLISH")
+    };
+    assert_eq!((p.properties_len, p.payload), (8, &b"pl"[..]));
+    // No properties: only the length byte, nothing counted.
+    let bytes = pkt(0x30, "00 01 't' 00 'pl'");
+    let Ok(Packet::Publish(p)) = decode(&bytes, V5, true) else {
+        panic!("not a PUBLISH")
+    };
+    assert_eq!(p.properties_len, 0);
+    let bytes = pkt(0x30, "00 01 't' 'pl'");
+    let Ok(Packet::Publish(p)) = decode(&bytes, V311, true) else {
+        panic!("not a PUBLISH")
+    };
+    assert_eq!(p.properties_len, 0);
+    // A will with a content type ("c"): 4 bytes of properties.
+    let bytes = connect5(
+        0b0000_0110,
+        "",
+        "00 02 'id' 04 03 00 01 'c' 00 01 'w' 00 01 'x'",
+    );
+    let c = decode_connect(&bytes).unwrap();
+    let will = c.will.unwrap();
+    assert_eq!((will.properties_len, will.payload_len), (4, 1));
 }
