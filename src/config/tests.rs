@@ -181,3 +181,51 @@ modbus = { functions = ["write_single_register"], addresses = ["100-119"], value
     assert!(config.warnings[2].contains("rule \"bounded\" can never decide anything"));
     assert!(config.warnings[3].contains("rule \"wide\" allows writes without value bounds"));
 }
+
+#[test]
+fn warns_when_a_uri_identity_meets_an_identity_filter() {
+    let main = format!(
+        "{MAIN}\n[[service]]\nname = \"broker\"\nprotocol = \"mqtt\"\nupstream = \"127.0.0.1:1883\"\n"
+    );
+    let policy = r#"
+[roles]
+sensor = "s"
+[[identity]]
+match = "spiffe://plant1/line1/sensor/*"
+roles = ["sensor"]
+[[identity]]
+match = "s-*"
+roles = ["sensor"]
+[[rule]]
+id = "own-topics"
+roles = ["sensor"]
+services = ["broker"]
+[rule.mqtt]
+publish = ["plant1/{identity}/telemetry/#"]
+[[rule]]
+id = "shared"
+roles = ["sensor"]
+services = ["broker"]
+[rule.mqtt]
+subscribe = ["plant1/broadcast/+"]
+"#;
+    let config = Config::from_sources(
+        &SourceFile::new("ztgate.toml", main),
+        &[SourceFile::new("policies/p.toml", policy)],
+        Path::new("/etc/ztgate"),
+    )
+    .expect("valid");
+    let warnings: Vec<&String> = config
+        .warnings
+        .iter()
+        .filter(|w| w.contains("{identity}"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{:?}", config.warnings);
+    let w = warnings[0];
+    assert!(
+        w.contains("rule \"own-topics\"") && w.contains("\"spiffe://plant1/line1/sensor/*\""),
+        "{w}"
+    );
+    let broker = config.service_by_name("broker").expect("broker").1;
+    assert_eq!(broker.mqtt.username, UsernameBinding::Require);
+}
