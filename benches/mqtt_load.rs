@@ -66,7 +66,8 @@ const KEEP_ALIVE: u16 = 60;
 const MAX_PACKET: usize = 1 << 20;
 /// Payload: 8-byte send timestamp (ns on [`now_ns`]'s clock), 8-byte sequence number, filler.
 const PAYLOAD_HEADER: usize = 16;
-/// Mosquitto settings (see scripts/bench-mqtt.sh).
+/// Mosquitto settings (see scripts/bench-mqtt.sh); `BENCH_MOSQUITTO_MAX_QUEUED` overrides the
+/// first (Mosquitto's default is 1000).
 const MOSQUITTO_MAX_QUEUED: u64 = 1_000_000;
 const MOSQUITTO_MAX_INFLIGHT: u16 = 20;
 
@@ -103,6 +104,7 @@ struct Settings {
     pids_file: Option<PathBuf>,
     ztgate: PathBuf,
     mosquitto: Option<PathBuf>,
+    mosquitto_max_queued: u64,
     clk_tck: f64,
 }
 
@@ -196,6 +198,7 @@ impl Settings {
                 PathBuf::from,
             ),
             mosquitto: find_mosquitto(),
+            mosquitto_max_queued: env_or("BENCH_MOSQUITTO_MAX_QUEUED", MOSQUITTO_MAX_QUEUED)?,
             clk_tck: env_or("BENCH_CLK_TCK", 100.0f64)?,
         };
         for t in &settings.targets {
@@ -1225,12 +1228,12 @@ dir = "policies"
 }
 
 /// Mosquitto's configuration (documented in scripts/bench-mqtt.sh).
-fn mosquitto_config(port: u16, tls: Option<(u16, &Path)>) -> String {
+fn mosquitto_config(port: u16, tls: Option<(u16, &Path)>, max_queued: u64) -> String {
     let mut text = format!(
         "# written by benches/mqtt_load.rs\n\
          persistence false\n\
          allow_anonymous true\n\
-         max_queued_messages {MOSQUITTO_MAX_QUEUED}\n\
+         max_queued_messages {max_queued}\n\
          max_inflight_messages {MOSQUITTO_MAX_INFLIGHT}\n\
          set_tcp_nodelay true\n\
          log_dest stderr\n\
@@ -1322,6 +1325,8 @@ struct Spawner<'a> {
     dir: &'a Path,
     pin: bool,
     pids_file: Option<&'a Path>,
+    /// Mosquitto's max_queued_messages.
+    max_queued: u64,
 }
 
 impl Spawner<'_> {
@@ -1425,7 +1430,7 @@ impl Spawner<'_> {
         for attempt in 1..=5 {
             let port = free_port()?;
             let tls_port = if tls { Some(free_port()?) } else { None };
-            let config = mosquitto_config(port, tls_port.map(|p| (p, self.dir)));
+            let config = mosquitto_config(port, tls_port.map(|p| (p, self.dir)), self.max_queued);
             let path = self.dir.join("mosquitto.conf");
             std::fs::write(&path, &config)?;
             let name = format!("mosquitto-{attempt}");
@@ -1759,6 +1764,7 @@ fn benchmark() -> anyhow::Result<bool> {
         dir: &dir,
         pin: settings.pin,
         pids_file: settings.pids_file.as_deref(),
+        max_queued: settings.mosquitto_max_queued,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -1972,6 +1978,7 @@ fn smoke() -> anyhow::Result<bool> {
         dir: dir.path(),
         pin: false,
         pids_file: None,
+        max_queued: MOSQUITTO_MAX_QUEUED,
     };
     let broker = spawner.mosquitto(&mosquitto, false)?;
     let rt = tokio::runtime::Builder::new_multi_thread()

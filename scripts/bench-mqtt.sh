@@ -14,7 +14,8 @@
 #   max_queued_messages 1000000 (default 1000): Mosquitto drops an outgoing QoS 0 PUBLISH when
 #   more than max_queued_messages packets wait in the subscriber's output queue, so the
 #   default drops under a saturating publisher; raised, QoS 0 loss only shows when the
-#   subscriber falls a million messages behind;
+#   subscriber falls a million messages behind (BENCH_MOSQUITTO_MAX_QUEUED=1000 shows the
+#   default's loss);
 #   max_inflight_messages 20 (the default, written out): it is also the receive maximum
 #   Mosquitto announces in a v5 CONNACK and the outgoing QoS 1 window to 3.1.1 clients; it
 #   does not gate QoS 0 (Mosquitto 2.0's db__ready_for_flight checks the queue count for QoS 0).
