@@ -11,11 +11,12 @@
 # listen socket on port N" and "running" log lines) with a configuration it writes:
 #   persistence false, allow_anonymous true, set_tcp_nodelay true (no Nagle delays in the
 #   latency figures, on every socket of the broker, the same for every target);
-#   max_queued_messages 1000000 (default 1000): Mosquitto drops an outgoing QoS 0 PUBLISH when
-#   more than max_queued_messages packets wait in the subscriber's output queue, so the
-#   default drops under a saturating publisher; raised, QoS 0 loss only shows when the
-#   subscriber falls a million messages behind (BENCH_MOSQUITTO_MAX_QUEUED=1000 shows the
-#   default's loss);
+#   max_queued_messages 1000000 (default 1000): Mosquitto 2.0 drops an outgoing QoS 0 PUBLISH
+#   when the subscriber's output queue already holds max_queued_messages packets; raised, a
+#   subscriber falling behind shows as latency, not loss, up to a million messages. (Seen on
+#   the development VM: the backlog of a saturating QoS 0 publisher sits in the kernel socket
+#   buffers in front of Mosquitto — its ingest is the bottleneck — and the default 1000 drops
+#   nothing either; BENCH_MOSQUITTO_MAX_QUEUED=1000 runs with it);
 #   max_inflight_messages 20 (the default, written out): it is also the receive maximum
 #   Mosquitto announces in a v5 CONNACK and the outgoing QoS 1 window to 3.1.1 clients; it
 #   does not gate QoS 0 (Mosquitto 2.0's db__ready_for_flight checks the queue count for QoS 0).
