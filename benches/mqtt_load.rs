@@ -1656,6 +1656,22 @@ fn table(settings: &Settings, cells: &[Cell], targets: &[(String, TargetReport)]
             out.push('\n');
         }
     }
+    let mut disturbed = Vec::new();
+    for (i, cell) in cells.iter().enumerate() {
+        for (name, report) in targets {
+            let other = report.cells.get(i).and_then(|r| r.medians().other_cores);
+            if let Some(other) = other.filter(|o| *o > 0.1) {
+                disturbed.push(format!("{} {name} ({other:.2})", cell.label()));
+            }
+        }
+    }
+    if !disturbed.is_empty() {
+        let _ = writeln!(
+            out,
+            "disturbed: other processes used > 0.1 cores during {}",
+            disturbed.join(", ")
+        );
+    }
     let _ = write!(out, "{:first$}", "errors");
     for (name, r) in targets {
         let _ = write!(
