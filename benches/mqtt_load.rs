@@ -133,8 +133,8 @@ fn env_list(name: &str, default: &str) -> Vec<String> {
 }
 
 fn find_mosquitto() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("BENCH_MOSQUITTO") {
-        return Some(PathBuf::from(p));
+    if let Some(p) = std::env::var_os("BENCH_MOSQUITTO") {
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
     }
     let path = std::env::var("PATH").unwrap_or_default();
     path.split(':')
@@ -1749,9 +1749,9 @@ fn main() {
 
 fn mosquitto_missing() -> anyhow::Error {
     anyhow::anyhow!(
-        "mosquitto not found (looked in PATH, /usr/sbin, /usr/local/sbin; BENCH_MOSQUITTO \
-         overrides): install Debian's mosquitto (scripts/test.sh and scripts/bench-mqtt.sh \
-         do) — the MQTT benchmark and its smoke test need a real broker"
+        "mosquitto not found (BENCH_MOSQUITTO, else PATH, /usr/sbin, /usr/local/sbin): \
+         install Debian's mosquitto (scripts/test.sh and scripts/bench-mqtt.sh do); the MQTT \
+         benchmark and its smoke test need a real broker"
     )
 }
 
