@@ -17,8 +17,9 @@
 //! Modes: with `--bench` (what `cargo bench` and the script pass) this is the benchmark: it
 //! spawns `mosquitto` and `ztgate run` as child processes, prints a table and writes JSON
 //! (`BENCH_OUT`, default target/bench-mqtt.json). Without `--bench` (as run by `cargo test
-//! --all-targets`) it is a smoke run of about a second and a half against a spawned Mosquitto
-//! and an in-process gateway; it fails (never passes silently) when Mosquitto is not installed.
+//! --all-targets`) it is a smoke run of about a second against a spawned Mosquitto and an
+//! in-process gateway (v5 QoS 0 and 1, 3.1.1 QoS 1; every QoS 1 and every low-rate message
+//! must arrive); it fails (never passes silently) when Mosquitto is not installed.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write as _};

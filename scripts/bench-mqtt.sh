@@ -62,7 +62,7 @@
 # temp dir, removed at the end (BENCH_KEEP=1 keeps it).
 #
 # The load generator is benches/mqtt_load.rs (harness = false; `cargo test --all-targets` runs
-# it as a smoke test of about a second and a half, which fails when mosquitto is missing).
+# it as a smoke test of about a second, which fails when mosquitto is missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
