@@ -620,3 +620,35 @@ async fn held_up_out_of_place_packets() {
     }
     assert!(sub.messages().is_empty());
 }
+
+/// A SUBSCRIBE with a denied filter reusing the packet id of one still waiting for its SUBACK
+/// (MQTT-2.2.1-3 forbids it) would make the gateway merge the broker's codes into the wrong
+/// SUBACK: the session is closed instead (5.0: DISCONNECT 0x82).
+#[tokio::test]
+async fn subscribe_packet_id_reused_before_its_suback_closes_the_session() {
+    let (_broker, _sub, env) = setup(GwOptions::default()).await;
+    for v in [V::V311, V::V5] {
+        let mut c = env.raw_session(SENSOR, v).await;
+        let filters = [("plant1/line1/s-7/cmd/#", 1), ("plant1/line1/s-9/cmd/#", 1)];
+        let mut bytes = wire::subscribe(v, 7, &filters);
+        bytes.extend(wire::subscribe(v, 7, &filters));
+        c.send(&bytes).await;
+        let seen = c.closed().await;
+        let disconnects: Vec<u8> = seen
+            .iter()
+            .filter(|p| p.kind() == DISCONNECT)
+            .map(|p| p.disconnect_reason())
+            .collect();
+        if v.is5() {
+            assert_eq!(disconnects, vec![0x82], "{seen:?}");
+        } else {
+            assert!(disconnects.is_empty(), "{seen:?}");
+        }
+    }
+    let e = env
+        .wait_event("mqtt_protocol_violation", |e| {
+            e["detail"].as_str().is_some_and(|d| d.contains("reused"))
+        })
+        .await;
+    assert_eq!(e["side"], "downstream", "{e}");
+}

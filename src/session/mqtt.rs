@@ -1151,14 +1151,24 @@ impl Relay<'_> {
             }
             Some(bytes) => {
                 if denied {
-                    if self.pending_subacks.len() >= MAX_PENDING_SUBACKS
-                        && !self.pending_subacks.contains_key(&s.packet_id)
-                    {
+                    // The client must not reuse a packet id still in use (MQTT-2.2.1-3): the
+                    // broker's SUBACKs could no longer be merged with the right codes.
+                    let problem = if self.pending_subacks.contains_key(&s.packet_id) {
+                        Some(format!(
+                            "SUBSCRIBE packet id {} reused before its SUBACK",
+                            s.packet_id
+                        ))
+                    } else if self.pending_subacks.len() >= MAX_PENDING_SUBACKS {
+                        Some(format!(
+                            "more than {MAX_PENDING_SUBACKS} SUBSCRIBEs awaiting their SUBACK"
+                        ))
+                    } else {
+                        None
+                    };
+                    if let Some(detail) = problem {
                         return Err(self.violation(
                             Side::Downstream,
-                            format!(
-                                "more than {MAX_PENDING_SUBACKS} SUBSCRIBEs awaiting their SUBACK"
-                            ),
+                            detail,
                             reason::PROTOCOL_ERROR,
                         ));
                     }
