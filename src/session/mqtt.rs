@@ -278,8 +278,7 @@ async fn run<S>(client: &mut S, ctx: &SessionContext, stats: &mut SessionStats) 
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let settings = &ctx.service.mqtt;
-    let max_packet = settings.max_packet_size;
+    let max_packet = ctx.service.mqtt.max_packet_size;
     let mut live = LivePolicy::new(ctx);
     let mut cbuf = BytesMut::with_capacity(READ_BUF);
 
@@ -315,118 +314,21 @@ where
     let version = connect.version;
     let identity = ctx.identity.id.as_str();
 
-    // Admission (a reload may have taken the service away since the handshake), the client
-    // id, the will: each refused with the CONNACK the version expects.
-    let Some((policy, subject)) = live.refresh() else {
-        return refuse_connect(
-            client,
-            ctx,
-            stats,
-            version,
-            Refusal {
-                packet: "CONNECT",
-                topic: connect.client_id.to_string(),
-                qos: None,
-                retain: false,
-                rule: None,
-                reason: DenyReason::NoRuleForService,
-                codes: (reason::NOT_AUTHORIZED, v311::NOT_AUTHORIZED),
-            },
-        )
-        .await;
+    // Admission (a reload may have taken the service away since the handshake), the user
+    // name and client id bindings, the will: each refused with the CONNACK the version expects.
+    let checked = match live.refresh() {
+        None => Err(Refusal::connect(
+            connect.client_id,
+            DenyReason::NoRuleForService,
+            (reason::NOT_AUTHORIZED, v311::NOT_AUTHORIZED),
+        )),
+        Some((policy, subject)) => check_connect(&connect, ctx, policy, subject)
+            .map(|rewritten| (rewritten, policy.mqtt_limits(ctx.service_id, subject))),
     };
-    if settings.username == UsernameBinding::Require
-        && let Some(username) = connect.username.filter(|u| *u != identity)
-    {
-        return refuse_connect(
-            client,
-            ctx,
-            stats,
-            version,
-            Refusal {
-                packet: "CONNECT",
-                topic: username.to_string(),
-                qos: None,
-                retain: false,
-                rule: None,
-                reason: DenyReason::Username,
-                codes: (
-                    reason::BAD_USERNAME_OR_PASSWORD,
-                    v311::BAD_USERNAME_OR_PASSWORD,
-                ),
-            },
-        )
-        .await;
-    }
-    let rewritten = match settings.client_id {
-        ClientIdBinding::Require if connect.client_id != identity => {
-            return refuse_connect(
-                client,
-                ctx,
-                stats,
-                version,
-                Refusal {
-                    packet: "CONNECT",
-                    topic: connect.client_id.to_string(),
-                    qos: None,
-                    retain: false,
-                    rule: None,
-                    reason: DenyReason::ClientId,
-                    codes: (reason::CLIENT_ID_INVALID, v311::IDENTIFIER_REJECTED),
-                },
-            )
-            .await;
-        }
-        ClientIdBinding::Rewrite if connect.client_id != identity => {
-            match connect.with_client_id(identity) {
-                Ok(bytes) => Some(bytes),
-                Err(e) => {
-                    tracing::info!(session = ctx.id, error = %e, "client id could not be rewritten");
-                    return refuse_connect(
-                        client,
-                        ctx,
-                        stats,
-                        version,
-                        Refusal {
-                            packet: "CONNECT",
-                            topic: connect.client_id.to_string(),
-                            qos: None,
-                            retain: false,
-                            rule: None,
-                            reason: DenyReason::ClientId,
-                            codes: (reason::CLIENT_ID_INVALID, v311::IDENTIFIER_REJECTED),
-                        },
-                    )
-                    .await;
-                }
-            }
-        }
-        _ => None,
+    let (rewritten, (max_qos, retain_allowed)) = match checked {
+        Ok(checked) => checked,
+        Err(refusal) => return refuse_connect(client, ctx, stats, version, refusal).await,
     };
-    if let Some(will) = &connect.will {
-        let action = will_action(will);
-        if let Decision::Deny { rule, reason } =
-            policy.decide_mqtt(ctx.service_id, subject, identity, action)
-        {
-            return refuse_connect(
-                client,
-                ctx,
-                stats,
-                version,
-                Refusal {
-                    packet: "will",
-                    topic: will.topic.to_string(),
-                    qos: Some(will.qos.as_u8()),
-                    retain: will.retain,
-                    rule: rule.map(|r| policy.rule_id(r).to_string()),
-                    reason,
-                    codes: (reason::NOT_AUTHORIZED, v311::NOT_AUTHORIZED),
-                },
-            )
-            .await;
-        }
-    }
-    let (max_qos, retain_allowed) = policy.mqtt_limits(ctx.service_id, subject);
     let client_alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);
 
     // The broker: one connection per session, within the service's connection budget.
@@ -530,6 +432,63 @@ where
     closed
 }
 
+/// The CONNECT against the service's bindings and the policy: the CONNECT to forward when the
+/// client id is rewritten, or why it is refused.
+fn check_connect(
+    connect: &mqtt::Connect<'_>,
+    ctx: &SessionContext,
+    policy: &Policy,
+    subject: &Subject,
+) -> Result<Option<Vec<u8>>, Refusal> {
+    let settings = &ctx.service.mqtt;
+    let identity = ctx.identity.id.as_str();
+    if settings.username == UsernameBinding::Require
+        && let Some(username) = connect.username.filter(|u| *u != identity)
+    {
+        return Err(Refusal::connect(
+            username,
+            DenyReason::Username,
+            (
+                reason::BAD_USERNAME_OR_PASSWORD,
+                v311::BAD_USERNAME_OR_PASSWORD,
+            ),
+        ));
+    }
+    let client_id_refused = || {
+        Refusal::connect(
+            connect.client_id,
+            DenyReason::ClientId,
+            (reason::CLIENT_ID_INVALID, v311::IDENTIFIER_REJECTED),
+        )
+    };
+    let rewritten = match settings.client_id {
+        _ if connect.client_id == identity => None,
+        ClientIdBinding::Require => return Err(client_id_refused()),
+        ClientIdBinding::Rewrite => match connect.with_client_id(identity) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                tracing::info!(session = ctx.id, error = %e, "client id could not be rewritten");
+                return Err(client_id_refused());
+            }
+        },
+    };
+    if let Some(will) = &connect.will
+        && let Decision::Deny { rule, reason } =
+            policy.decide_mqtt(ctx.service_id, subject, identity, will_action(will))
+    {
+        return Err(Refusal {
+            packet: "will",
+            topic: will.topic.to_string(),
+            qos: Some(will.qos.as_u8()),
+            retain: will.retain,
+            rule: rule.map(|r| policy.rule_id(r).to_string()),
+            reason,
+            codes: (reason::NOT_AUTHORIZED, v311::NOT_AUTHORIZED),
+        });
+    }
+    Ok(rewritten)
+}
+
 /// What the gateway advertises in a v5 CONNACK.
 #[derive(Clone, Copy)]
 struct ConnackLimits {
@@ -547,6 +506,21 @@ struct Refusal {
     rule: Option<String>,
     reason: DenyReason,
     codes: (u8, u8),
+}
+
+impl Refusal {
+    /// A refusal of the CONNECT itself; `topic` is the client id or user name at fault.
+    fn connect(topic: &str, reason: DenyReason, codes: (u8, u8)) -> Refusal {
+        Refusal {
+            packet: "CONNECT",
+            topic: topic.to_string(),
+            qos: None,
+            retain: false,
+            rule: None,
+            reason,
+            codes,
+        }
+    }
 }
 
 async fn refuse_connect<S>(

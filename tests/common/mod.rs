@@ -29,6 +29,7 @@ impl Pki {
             .issue_server(
                 &CertSpec::new("gateway", 1)
                     .with_dns("plc-line1")
+                    .with_dns("broker")
                     .with_dns("127.0.0.1"),
             )
             .expect("server cert");
@@ -45,6 +46,21 @@ impl Pki {
         let mut spec = CertSpec::new(cn, 1);
         spec.uri = uri.map(str::to_string);
         self.ca.issue_client(&spec).expect("client cert")
+    }
+
+    /// A client certificate for `identity`: a `://` identity becomes a URI SAN, anything else
+    /// the CN.
+    pub fn for_identity(&self, identity: &str) -> IssuedCert {
+        if identity.contains("://") {
+            self.client("client", Some(identity))
+        } else {
+            self.client(identity, None)
+        }
+    }
+
+    /// A client config (TLS 1.2 and 1.3) presenting a fresh certificate for `identity`.
+    pub fn identity_config(&self, identity: &str) -> Arc<rustls::ClientConfig> {
+        self.config(Some(&self.for_identity(identity)), BOTH)
     }
 
     pub fn config(
@@ -195,12 +211,7 @@ impl Env {
     }
 
     pub async fn try_connect(&self, identity: &str) -> std::io::Result<TlsClient> {
-        let cert = if identity.contains("://") {
-            self.pki.client("client", Some(identity))
-        } else {
-            self.pki.client(identity, None)
-        };
-        connect_tls(self.addr, self.pki.config(Some(&cert), BOTH), None).await
+        connect_tls(self.addr, self.pki.identity_config(identity), None).await
     }
 
     /// Every audit event written so far (flushes the queue first).

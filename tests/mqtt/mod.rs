@@ -5,6 +5,12 @@
 #![allow(dead_code)]
 
 pub mod wire;
+// The PKI of the Modbus tests: one CA, the gateway's certificate (DNS "broker", "127.0.0.1"),
+// client certificates per identity.
+#[path = "../common/mod.rs"]
+mod common;
+#[allow(unused_imports)] // BOTH: for the test crates that build their own TLS configs
+pub use common::{BOTH, Pki};
 
 use std::io::BufRead;
 use std::net::SocketAddr;
@@ -13,9 +19,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
-use ztgate::config::{Config, SourceFile, TlsVersions};
+use ztgate::config::{Config, SourceFile};
 use ztgate::gateway::Gateway;
-use ztgate::pki::{Ca, CertSpec, IssuedCert};
+use ztgate::pki::{Ca, CertSpec};
 
 #[allow(unused_imports)]
 pub use wire::{Packet, Raw, Will};
@@ -29,11 +35,6 @@ pub const SENSOR: &str = "s-7";
 pub const SENSOR2: &str = "s-8";
 /// An identity whose role has no rule for the `broker` service.
 pub const OPERATOR: &str = "op-1";
-
-pub const BOTH: TlsVersions = TlsVersions {
-    tls12: true,
-    tls13: true,
-};
 
 /// MQTT protocol version under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -646,50 +647,6 @@ pub fn qos5_of(q: u8) -> rumqttc::v5::mqttbytes::QoS {
 // PKI and the gateway
 // ---------------------------------------------------------------------------------------------
 
-pub struct Pki {
-    pub ca: Ca,
-    pub dir: PathBuf,
-}
-
-impl Pki {
-    pub fn new(dir: &Path) -> Pki {
-        let ca = Ca::generate("mqtt test CA", 1).expect("CA");
-        let gateway = ca
-            .issue_server(
-                &CertSpec::new("gateway", 1)
-                    .with_dns("broker")
-                    .with_dns("127.0.0.1"),
-            )
-            .expect("server cert");
-        std::fs::write(dir.join("ca.pem"), ca.cert_pem()).expect("write ca");
-        ztgate::pki::write_files(dir, "gateway", &gateway).expect("write gateway cert");
-        Pki {
-            ca,
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    /// A client certificate: a `://` identity becomes a URI SAN, anything else the CN.
-    pub fn client(&self, identity: &str) -> IssuedCert {
-        let spec = if identity.contains("://") {
-            CertSpec::new("client", 1).with_uri(identity)
-        } else {
-            CertSpec::new(identity, 1)
-        };
-        self.ca.issue_client(&spec).expect("client cert")
-    }
-
-    pub fn client_config(&self, identity: &str) -> Arc<rustls::ClientConfig> {
-        let cert = self.client(identity);
-        ztgate::tls::client_config(
-            self.ca.cert_pem().as_bytes(),
-            Some((cert.cert_pem.as_bytes(), cert.key_pem.expose().as_bytes())),
-            BOTH,
-        )
-        .expect("client config")
-    }
-}
-
 /// A separate PKI for the broker's TLS listener: its own CA, a server certificate for
 /// 127.0.0.1, and a client certificate for the gateway. Files live in `dir`.
 pub struct UpstreamPki {
@@ -878,7 +835,7 @@ impl Env {
         let mut o = rumqttc::MqttOptions::new(client_id, "127.0.0.1", self.addr.port());
         o.set_keep_alive(Duration::from_secs(30));
         o.set_transport(rumqttc::Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Rustls(self.pki.client_config(identity)),
+            rumqttc::TlsConfiguration::Rustls(self.pki.identity_config(identity)),
         ));
         o
     }
@@ -887,14 +844,14 @@ impl Env {
         let mut o = rumqttc::v5::MqttOptions::new(client_id, "127.0.0.1", self.addr.port());
         o.set_keep_alive(Duration::from_secs(30));
         o.set_transport(rumqttc::Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Rustls(self.pki.client_config(identity)),
+            rumqttc::TlsConfiguration::Rustls(self.pki.identity_config(identity)),
         ));
         o
     }
 
     /// A raw TLS connection with `identity`'s certificate (no MQTT bytes sent yet).
     pub async fn raw(&self, identity: &str, v: V) -> Raw {
-        Raw::connect(self.addr, self.pki.client_config(identity), v).await
+        Raw::connect(self.addr, self.pki.identity_config(identity), v).await
     }
 
     /// A raw connection that sent CONNECT (client id = identity) and got CONNACK success.
