@@ -25,8 +25,7 @@ use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::str::FromStr;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -43,6 +42,10 @@ use tokio_rustls::TlsConnector;
 use ztgate::config::TlsVersions;
 use ztgate::pki::{Ca, CertSpec};
 use ztgate::protocol::mqtt::{self, Packet, PacketType, QoS, Version};
+
+#[path = "support/mod.rs"]
+mod support;
+use support::{CpuMeter, Proc, env_or, median_of, percentile, pin_self_to_cpu0, rss_kib};
 
 /// The publisher's certificate CN, which is also its MQTT client id (`client_id = "require"`).
 const CLIENT_CN: &str = "bench-client";
@@ -107,19 +110,6 @@ struct Settings {
     mosquitto: Option<PathBuf>,
     mosquitto_max_queued: u64,
     clk_tck: f64,
-}
-
-fn env_or<T: FromStr>(name: &str, default: T) -> anyhow::Result<T>
-where
-    T::Err: std::fmt::Display,
-{
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .map_err(|e| anyhow::anyhow!("{name}={v}: {e}")),
-        _ => Ok(default),
-    }
 }
 
 fn env_list(name: &str, default: &str) -> Vec<String> {
@@ -271,78 +261,6 @@ impl Cell {
 
 // ---------------------------------------------------------------------------------------------
 // /proc accounting
-
-/// utime + stime of a whole process (every thread, live or exited), in seconds.
-fn cpu_seconds(pid: u32, clk_tck: f64) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may contain spaces) start at field 3 (state).
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / clk_tck)
-}
-
-/// VmRSS in KiB.
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// Machine-wide (busy, steal) CPU seconds from /proc/stat.
-fn machine_cpu_seconds(clk_tck: f64) -> Option<(f64, f64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().next()?.strip_prefix("cpu ")?;
-    let v: Vec<f64> = line
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0.0))
-        .collect();
-    // user nice system idle iowait irq softirq steal guest guest_nice (guest is in user).
-    let busy: f64 = v.iter().take(8).sum::<f64>() - v.get(3)? - v.get(4)?;
-    Some((busy / clk_tck, v.get(7)? / clk_tck))
-}
-
-/// CPU time of a set of processes between two instants.
-struct CpuMeter {
-    pids: Vec<Option<u32>>,
-    start: Vec<Option<f64>>,
-    machine: Option<(f64, f64)>,
-    clk_tck: f64,
-    t0: Instant,
-}
-
-impl CpuMeter {
-    fn start(pids: Vec<Option<u32>>, clk_tck: f64) -> CpuMeter {
-        let start = pids
-            .iter()
-            .map(|p| p.and_then(|p| cpu_seconds(p, clk_tck)))
-            .collect();
-        CpuMeter {
-            pids,
-            start,
-            machine: machine_cpu_seconds(clk_tck),
-            clk_tck,
-            t0: Instant::now(),
-        }
-    }
-
-    fn stop(&self) -> Vec<Option<f64>> {
-        self.pids
-            .iter()
-            .zip(&self.start)
-            .map(|(p, s)| Some(cpu_seconds((*p)?, self.clk_tck)? - (*s)?))
-            .collect()
-    }
-
-    fn machine(&self) -> Option<(f64, f64)> {
-        let (busy0, steal0) = self.machine?;
-        let (busy1, steal1) = machine_cpu_seconds(self.clk_tck)?;
-        Some((busy1 - busy0, steal1 - steal0))
-    }
-}
 
 /// The processes to account for a window.
 #[derive(Clone, Copy)]
@@ -959,14 +877,6 @@ struct Run {
     gateway_rss_kib: Option<u64>,
 }
 
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1] as f64
-}
-
 enum Mode {
     /// As fast as flow control allows, for this long and at most this many PUBLISHes.
     Saturated(Duration, u64),
@@ -1269,32 +1179,6 @@ fn mosquitto_config(port: u16, tls: Option<(u16, &Path)>, max_queued: u64) -> St
 // ---------------------------------------------------------------------------------------------
 // Child processes
 
-/// A child process, killed (by its PID) and reaped when dropped, also on panic.
-struct Proc {
-    name: String,
-    child: Child,
-}
-
-impl Proc {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn check_alive(&mut self) -> anyhow::Result<()> {
-        match self.child.try_wait()? {
-            None => Ok(()),
-            Some(status) => bail!("{} exited: {status}", self.name),
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Mosquitto as started: its process, its plaintext and (optional) TLS addresses.
 struct Broker {
     proc: Proc,
@@ -1381,6 +1265,7 @@ impl Spawner<'_> {
             Proc {
                 name: name.to_string(),
                 child,
+                _stdin: None,
             },
             rx,
         ))
@@ -1512,19 +1397,6 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// Pins this process (the load generator, and Mosquitto which it spawns) to CPU 0.
-fn pin_self_to_cpu0() -> anyhow::Result<()> {
-    let status = Command::new("taskset")
-        .args(["-a", "-p", "-c", "0", &std::process::id().to_string()])
-        .stdout(Stdio::null())
-        .status()
-        .context("taskset (util-linux) is needed to pin; BENCH_PIN=0 to run unpinned")?;
-    if !status.success() {
-        bail!("taskset failed: {status}");
-    }
-    Ok(())
-}
-
 // ---------------------------------------------------------------------------------------------
 // Report
 
@@ -1544,24 +1416,6 @@ struct TargetReport {
     /// The gateway's RSS once listening, before any load (KiB).
     rss_idle_kib: Option<u64>,
     cells: Vec<CellRuns>,
-}
-
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    v.retain(|x| x.is_finite());
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    })
-}
-
-fn median_of(runs: &[Run], f: impl Fn(&Run) -> Option<f64>) -> Option<f64> {
-    median(runs.iter().filter_map(f).collect())
 }
 
 #[derive(Serialize)]
