@@ -76,39 +76,6 @@ if ! command -v mosquitto >/dev/null 2>&1 && [[ ! -x /usr/sbin/mosquitto ]]; the
 fi
 command -v taskset >/dev/null 2>&1 || { echo "bench-mqtt.sh: taskset (util-linux) missing" >&2; exit 1; }
 
-cargo build --release
-work=$(mktemp -d -t ztgate-bench-mqtt.XXXXXX)
-cargo bench --bench mqtt_load --no-run 2>&1 | tee "$work/build.log" >&2
-exe=$(sed -n 's/^ *Executable .*(\(.*\))$/\1/p' "$work/build.log" | tail -n 1)
-[[ -x $exe ]] || { echo "bench-mqtt.sh: cannot find the MQTT benchmark executable" >&2; exit 1; }
-
-runner=""
-cleanup() {
-  # Only processes this run started, by PID: the load generator, then the children it
-  # recorded (checked to still be ours: a ztgate or mosquitto command line).
-  if [[ -n $runner ]]; then kill "$runner" 2>/dev/null || true; fi
-  if [[ -f $work/pids ]]; then
-    while read -r pid; do
-      if [[ $pid =~ ^[0-9]+$ ]] && { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -qE 'ztgate|mosquitto'; then
-        kill "$pid" 2>/dev/null || true
-      fi
-    done <"$work/pids"
-  fi
-  if [[ ${BENCH_KEEP:-0} == 1 ]]; then echo "bench-mqtt.sh: run files kept in $work" >&2; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-export BENCH_DIR="$work/run" BENCH_PIDS_FILE="$work/pids"
-export BENCH_ZTGATE="$PWD/target/release/ztgate"
-export BENCH_OUT="${BENCH_OUT:-$PWD/target/bench-mqtt.json}"
-BENCH_CLK_TCK=$(getconf CLK_TCK)
-export BENCH_CLK_TCK
-
-"$exe" --bench &
-runner=$!
-rc=0
-wait "$runner" || rc=$?
-runner=""
-exit "$rc"
+# shellcheck source=scripts/bench-common.sh
+source scripts/bench-common.sh
+run_benchmark bench-mqtt.sh mqtt_load 'ztgate|mosquitto' bench-mqtt.json
