@@ -903,15 +903,11 @@ impl Relay<'_> {
         }
     }
 
-    /// The topic a PUBLISH stands for: its topic name, or what its alias was set to. Records
-    /// the alias in `sets` when the packet sets one.
-    fn resolve<'p>(
-        p: &Publish<'p>,
-        sets: &mut Aliases,
-        max: u16,
-    ) -> Result<Cow<'p, str>, (String, u8)> {
+    /// Checks a PUBLISH's topic alias against `max` and records it in `sets` when the packet
+    /// sets one; an alias-only PUBLISH must use an alias that was set.
+    fn record_alias(p: &Publish<'_>, sets: &mut Aliases, max: u16) -> Result<(), (String, u8)> {
         let Some(alias) = p.topic_alias else {
-            return Ok(Cow::Borrowed(p.topic));
+            return Ok(());
         };
         if alias == 0 || alias > max {
             return Err((
@@ -920,16 +916,25 @@ impl Relay<'_> {
             ));
         }
         if !p.topic.is_empty() {
-            sets.set(alias, p.topic)
-                .map_err(|e| (e, reason::TOPIC_ALIAS_INVALID))?;
-            return Ok(Cow::Borrowed(p.topic));
+            return sets
+                .set(alias, p.topic)
+                .map_err(|e| (e, reason::TOPIC_ALIAS_INVALID));
         }
-        match sets.get(alias) {
-            Some(topic) => Ok(Cow::Owned(topic.to_string())),
-            None => Err((
+        if sets.get(alias).is_none() {
+            return Err((
                 format!("topic alias {alias} used before it was set"),
                 reason::PROTOCOL_ERROR,
-            )),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The topic a PUBLISH stands for (after [`Relay::record_alias`]): its topic name, or what
+    /// its alias stands for — borrowed, no copy per packet.
+    fn topic_of<'a>(p: &Publish<'a>, sets: &'a Aliases) -> &'a str {
+        match p.topic_alias {
+            Some(alias) if p.topic.is_empty() => sets.get(alias).unwrap_or(""),
+            _ => p.topic,
         }
     }
 
@@ -971,12 +976,14 @@ impl Relay<'_> {
         subject: &Subject,
         stats: &mut SessionStats,
     ) -> Result<(), Closed> {
-        let topic = match Self::resolve(p, &mut self.client_sets, self.alias_max_upstream) {
-            Ok(t) => t,
-            Err((detail, code)) => return Err(self.violation(Side::Downstream, detail, code)),
-        };
+        if let Err((detail, code)) =
+            Self::record_alias(p, &mut self.client_sets, self.alias_max_upstream)
+        {
+            return Err(self.violation(Side::Downstream, detail, code));
+        }
+        let topic = Self::topic_of(p, &self.client_sets);
         let action = MqttAction::Publish {
-            topic: &topic,
+            topic,
             qos: p.qos.as_u8(),
             retain: p.retain,
             // v5 properties (user properties, correlation data, …) travel with the payload to
@@ -990,7 +997,7 @@ impl Relay<'_> {
                     // A packet id the gateway once refused is the broker's again.
                     self.refused_qos2.remove(&id);
                 }
-                Self::forward_publish(p, &topic, &mut self.broker_holds, &mut self.to_broker);
+                Self::forward_publish(p, topic, &mut self.broker_holds, &mut self.to_broker);
                 Ok(())
             }
             Decision::Deny { rule, reason } => {
@@ -1000,7 +1007,7 @@ impl Relay<'_> {
                 self.deny_event(
                     policy,
                     "PUBLISH",
-                    &topic,
+                    topic,
                     Some(p.qos.as_u8()),
                     p.retain,
                     rule,
@@ -1283,24 +1290,26 @@ impl Relay<'_> {
         subject: &Subject,
         stats: &mut SessionStats,
     ) -> Result<(), Closed> {
-        let topic = match Self::resolve(p, &mut self.broker_sets, self.alias_max_downstream) {
-            Ok(t) => t,
-            Err((detail, _)) => return Err(self.violation(Side::Upstream, detail, 0)),
-        };
-        let action = MqttAction::Deliver { topic: &topic };
+        if let Err((detail, _)) =
+            Self::record_alias(p, &mut self.broker_sets, self.alias_max_downstream)
+        {
+            return Err(self.violation(Side::Upstream, detail, 0));
+        }
+        let topic = Self::topic_of(p, &self.broker_sets);
+        let action = MqttAction::Deliver { topic };
         match policy.decide_mqtt(self.ctx.service_id, subject, self.identity(), action) {
             Decision::Allow { .. } => {
                 if let Some(id) = p.packet_id {
                     self.dropped_qos2.remove(&id);
                 }
-                Self::forward_publish(p, &topic, &mut self.client_holds, &mut self.to_client);
+                Self::forward_publish(p, topic, &mut self.client_holds, &mut self.to_client);
             }
             Decision::Deny { rule, reason } => {
                 stats.denied += 1;
                 self.deny_event(
                     policy,
                     "deliver",
-                    &topic,
+                    topic,
                     Some(p.qos.as_u8()),
                     p.retain,
                     rule,
