@@ -60,17 +60,22 @@ pub(crate) struct LivePolicy {
     service: ServiceId,
     identity: String,
     certificate_roles: Vec<String>,
+    /// Whether `current` still gives the identity the service (stays false once a reload
+    /// took it, until a later reload gives it back).
+    admitted: bool,
 }
 
 impl LivePolicy {
     pub(crate) fn new(ctx: &SessionContext) -> LivePolicy {
         let current = ctx.policy.load_full();
         let subject = current.subject(&ctx.identity.id, &ctx.certificate_roles);
+        let admitted = current.admits(ctx.service_id, &subject);
         LivePolicy {
             shared: ctx.policy.clone(),
             current,
             subject,
             service: ctx.service_id,
+            admitted,
             identity: ctx.identity.id.clone(),
             certificate_roles: ctx.certificate_roles.clone(),
         }
@@ -85,11 +90,9 @@ impl LivePolicy {
             self.subject = self
                 .current
                 .subject(&self.identity, &self.certificate_roles);
-            if !self.current.admits(self.service, &self.subject) {
-                return None;
-            }
+            self.admitted = self.current.admits(self.service, &self.subject);
         }
-        Some((&self.current, &self.subject))
+        self.admitted.then_some((&self.current, &self.subject))
     }
 }
 
