@@ -5,49 +5,46 @@
 pub const IDENTITY: &str = "{identity}";
 
 /// Checks a rule's filter as written: a valid MQTT topic filter once `{identity}` is
-/// substituted, and no other `{placeholder}`. The message says what is wrong.
+/// substituted (the codec's own check), and no other `{placeholder}`.
 pub fn check_filter(filter: &str) -> Result<(), String> {
-    if filter.is_empty() {
-        return Err("empty topic filter".to_string());
-    }
-    if filter.len() > 65_535 {
-        return Err("topic filter longer than 65535 bytes".to_string());
-    }
-    if filter.contains('\0') {
-        return Err("topic filter contains NUL".to_string());
-    }
     if filter.starts_with("$share/") {
         return Err(
             "shared-subscription prefix in a rule: write the filter itself ($share/<group>/ is stripped before matching)"
                 .to_string(),
         );
     }
-    let levels: Vec<&str> = filter.split('/').collect();
-    for (i, level) in levels.iter().enumerate() {
-        if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
-            return Err("'#' must be a whole level and the last one".to_string());
-        }
-        if level.contains('+') && *level != "+" {
-            return Err("'+' must be a whole level".to_string());
-        }
-        let without = level.replace(IDENTITY, "");
-        if let Some(open) = without.find('{')
-            && let Some(len) = without.get(open..).and_then(|s| s.find('}'))
-        {
-            let name = without.get(open..=open + len).unwrap_or("{…}");
-            if name.len() > 2
-                && name
-                    .trim_matches(['{', '}'])
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            {
-                return Err(format!(
-                    "unknown placeholder {name} (the only one is {IDENTITY})"
-                ));
-            }
-        }
+    if let Some(name) = unknown_placeholder(filter) {
+        return Err(format!(
+            "unknown placeholder {name} (the only one is {IDENTITY})"
+        ));
+    }
+    if !crate::protocol::mqtt::valid_topic_filter(&filter.replace(IDENTITY, "x")) {
+        return Err(
+            "not a valid MQTT topic filter: 1 to 65535 bytes, no NUL, '+' a whole level, '#' a whole level and the last one"
+                .to_string(),
+        );
     }
     Ok(())
+}
+
+/// A `{word}` other than `{identity}`: most likely a misspelt placeholder. Other braces
+/// (`{"k":1}`) are literal topic text.
+fn unknown_placeholder(filter: &str) -> Option<&str> {
+    let mut rest = filter;
+    while let Some(open) = rest.find('{') {
+        let tail = rest.get(open..)?;
+        let close = tail.find('}')?;
+        let name = tail.get(..=close)?;
+        let word = name.trim_matches(['{', '}']);
+        if name != IDENTITY
+            && !word.is_empty()
+            && word.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Some(name);
+        }
+        rest = tail.get(1..)?;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -67,13 +64,14 @@ mod tests {
             assert!(check_filter(ok).is_ok(), "{ok}");
         }
         for (bad, why) in [
-            ("", "empty"),
-            ("a/#/b", "'#'"),
-            ("a#", "'#'"),
-            ("a+/b", "'+'"),
+            ("", "not a valid"),
+            ("a/#/b", "not a valid"),
+            ("a#", "not a valid"),
+            ("a+/b", "not a valid"),
             ("$share/g/a", "shared"),
             ("plant/{device}/x", "unknown placeholder {device}"),
-            ("a\0b", "NUL"),
+            ("a\0b", "not a valid"),
+            ("{identity}/+x", "not a valid"),
         ] {
             let e = check_filter(bad).expect_err(bad);
             assert!(e.contains(why), "{bad}: {e}");
